@@ -1,0 +1,21 @@
+# Entry points; each one sets up .venv first (idempotent).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup test test-slow lint demo bench-gmm
+
+setup:
+	bash scripts/setup.sh
+
+test: setup
+	$(VENV)/bin/ruff check sciprior tests benchmarks scripts
+	$(PY) -m pytest
+
+test-slow: setup
+	$(PY) -m pytest -m slow
+
+lint: setup
+	$(VENV)/bin/ruff check sciprior tests benchmarks scripts
+
+bench-gmm: setup
+	$(PY) benchmarks/gmm_posterior.py

@@ -1,0 +1,7 @@
+"""Physics: operators, noise models and per-modality adapters.
+
+Importing this package imports every modality module so their operators register for the shared
+adjointness test.
+"""
+
+from sciprior.modalities import base, noise  # noqa: F401

@@ -1,0 +1,142 @@
+"""Shared pieces of every solver: the :class:`Result`, per-item seeded noise, NFE counting, progress.
+
+Conventions:
+- A solver is a plain function ``solve(denoiser, problem, *, steps, num_samples, seeds, callback,
+  progress, ...) -> Result``.
+- ``num_samples`` posterior samples are drawn for each of the problem's B items; internally the
+  problem is repeated item-major to a batch of ``B * num_samples``.
+- ``seeds`` (one int per item, default ``0..B-1``) seed that item's noise with its own CPU generator,
+  so results do not depend on the device, the batch makeup or the number of devices.
+- ``callback(step: int, x: Tensor, x0: Tensor, sigma: float)`` is called once per step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from sciprior.modalities.noise import Problem
+from sciprior.priors.base import CountingDenoiser, Denoiser
+
+Callback = Callable[[int, Tensor, Tensor, float], None]
+
+
+@dataclass
+class Result:
+    """What a solver returns.
+
+    Attributes:
+        samples: (B, S, *image_shape) posterior samples (S = num_samples).
+        mean: (B, *image_shape) sample mean (the reconstruction).
+        std: (B, *image_shape) sample standard deviation, or None when S == 1.
+        nfe: network (denoiser) evaluations per sample trajectory (batched calls).
+        timings: seconds, at least ``{"total": ...}``.
+        info: solver-specific extras (e.g. SMC effective sample sizes).
+    """
+
+    samples: Tensor
+    mean: Tensor
+    std: Tensor | None
+    nfe: int
+    timings: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class ItemNoise:
+    """Gaussian noise for a batch of ``B * S`` rows where item ``b`` draws from its own generator.
+
+    Rows are item-major (``b*S + s``). Noise is drawn on the CPU (float32, or float64 when
+    the state dtype is float64) and moved to the target device, so a seed gives the same numbers on
+    every device.
+    """
+
+    def __init__(self, seeds: Sequence[int], num_samples: int, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32):
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.num_samples = int(num_samples)
+        self.device = torch.device(device)
+        self.dtype = dtype
+
+    def randn(self, *shape: int) -> Tensor:
+        """Noise of shape ``(B * S, *shape)``."""
+        parts = [torch.randn((self.num_samples, *shape), generator=g, dtype=self.dtype)
+                 for g in self.generators]
+        return torch.cat(parts, dim=0).to(self.device)
+
+    def rand(self, *shape: int) -> Tensor:
+        """Uniform [0, 1) noise of shape ``(B * S, *shape)``."""
+        parts = [torch.rand((self.num_samples, *shape), generator=g, dtype=self.dtype)
+                 for g in self.generators]
+        return torch.cat(parts, dim=0).to(self.device)
+
+    def generator(self, item: int) -> torch.Generator:
+        return self.generators[item]
+
+
+@dataclass
+class Setup:
+    """What :func:`prepare` hands a solver."""
+
+    denoiser: CountingDenoiser
+    problem: Problem  # repeated to B * S rows
+    noise: ItemNoise
+    batch: int
+    num_samples: int
+    device: torch.device
+    dtype: torch.dtype
+    start: float
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.batch * self.num_samples, *self.problem.image_shape)
+
+
+def _problem_device(problem: Problem) -> tuple[torch.device, torch.dtype]:
+    y = problem.y[0] if isinstance(problem.y, tuple) else problem.y
+    dtype = y.real.dtype if y.is_complex() else y.dtype
+    if not dtype.is_floating_point:
+        dtype = torch.get_default_dtype()
+    return y.device, dtype
+
+
+def prepare(denoiser: Denoiser, problem: Problem, num_samples: int = 1,
+            seeds: Sequence[int] | None = None) -> Setup:
+    """Validate inputs, repeat the problem for ``num_samples`` and set up seeded noise."""
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    b = problem.batch_size
+    if seeds is None:
+        seeds = list(range(b))
+    if len(seeds) != b:
+        raise ValueError(f"got {len(seeds)} seeds for a batch of {b} items")
+    if denoiser.image_shape is not None and tuple(denoiser.image_shape) != tuple(problem.image_shape):
+        raise ValueError(f"the prior expects images of shape {tuple(denoiser.image_shape)} but the problem's "
+                         f"image_shape is {tuple(problem.image_shape)}")
+    device, dtype = _problem_device(problem)
+    counted = denoiser if isinstance(denoiser, CountingDenoiser) else CountingDenoiser(denoiser)
+    counted.nfe = 0
+    return Setup(counted, problem.repeat(num_samples) if num_samples > 1 else problem,
+                 ItemNoise(seeds, num_samples, device, dtype), b, num_samples, device, dtype,
+                 time.perf_counter())
+
+
+def finish(setup: Setup, x: Tensor, nfe: int | None = None, **info) -> Result:
+    """Reshape final states into a :class:`Result` (per-trajectory NFE from the counter)."""
+    x = x.detach()
+    samples = x.reshape(setup.batch, setup.num_samples, *x.shape[1:])
+    mean = samples.mean(dim=1)
+    std = samples.std(dim=1) if setup.num_samples > 1 else None
+    total = time.perf_counter() - setup.start
+    return Result(samples, mean, std, setup.denoiser.nfe if nfe is None else nfe,
+                  {"total": total}, info)
+
+
+def steps_bar(n: int, progress: bool, desc: str):
+    """Iterator over ``range(n)`` with a tqdm bar when ``progress`` is true."""
+    return tqdm(range(n), desc=desc, leave=False, disable=not progress, dynamic_ncols=True)
