@@ -5,3 +5,4 @@ adjointness test.
 """
 
 from sciprior.modalities import base, noise  # noqa: F401
+from sciprior.modalities import mri  # noqa: F401,E402
