@@ -31,7 +31,11 @@ def _real_system(problem: Problem) -> tuple[Tensor, Tensor, float]:
         raise TypeError("exact posteriors need Gaussian noise")
     a = operator_matrix(problem.operator, problem.image_shape, dtype=torch.float64)
     y = problem.y
-    y = torch.cat([t.reshape(t.shape[0], -1) for t in y], 1) if isinstance(y, tuple) else y.reshape(y.shape[0], -1)
+    y = (
+        torch.cat([t.reshape(t.shape[0], -1) for t in y], 1)
+        if isinstance(y, tuple)
+        else y.reshape(y.shape[0], -1)
+    )
     if a.is_complex() or y.is_complex():
         a = torch.cat([a.real, a.imag], 0)
         y = torch.cat([y.real, y.imag], 1)
@@ -39,7 +43,10 @@ def _real_system(problem: Problem) -> tuple[Tensor, Tensor, float]:
 
 
 def _gauss_condition(mu: Tensor, cov: Tensor, a: Tensor, y: Tensor, sigma: float):
-    """Posterior of ``x ~ N(mu, cov)`` given ``y = A x + N(0, sigma^2)``: returns (means (B,d), cov (d,d), logZ (B,))."""
+    """Posterior of ``x ~ N(mu, cov)`` given ``y = A x + N(0, sigma^2)``.
+
+    Returns (means (B, d), cov (d, d), log-evidence logZ (B,)).
+    """
     s = a @ cov @ a.T + (sigma**2) * torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
     s = 0.5 * (s + s.T)
     chol = torch.linalg.cholesky(s)
@@ -66,7 +73,9 @@ class GaussianPosterior:
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """(B, n, *image_shape) exact samples."""
         chol = torch.linalg.cholesky(self.cov + 1e-12 * torch.eye(self.cov.shape[0], dtype=self.cov.dtype))
-        z = torch.randn((self.mean.shape[0], n, self.mean.shape[1]), generator=generator, dtype=self.cov.dtype)
+        z = torch.randn(
+            (self.mean.shape[0], n, self.mean.shape[1]), generator=generator, dtype=self.cov.dtype
+        )
         return (self.mean[:, None] + z @ chol.T).reshape(self.mean.shape[0], n, *self.image_shape)
 
 
@@ -137,7 +146,9 @@ class MixturePosterior:
         chols = torch.linalg.cholesky(self.covs + 1e-12 * torch.eye(d, dtype=self.covs.dtype))
         out = torch.empty(b, n, d, dtype=self.means.dtype)
         for i in range(b):
-            comp = torch.multinomial(self.log_weights[i].softmax(-1), n, replacement=True, generator=generator)
+            comp = torch.multinomial(
+                self.log_weights[i].softmax(-1), n, replacement=True, generator=generator
+            )
             z = torch.randn((n, d), generator=generator, dtype=self.means.dtype)
             out[i] = self.means[i, comp] + torch.einsum("nij,nj->ni", chols[comp], z)
         return out.reshape(b, n, *self.image_shape)
@@ -153,16 +164,22 @@ class GaussianMixturePrior(Denoiser):
         image_shape: shape of one image (defaults to ``(d,)``).
     """
 
-    def __init__(self, weights: Tensor, means: Tensor, covs: Tensor, image_shape: Sequence[int] | None = None):
+    def __init__(
+        self, weights: Tensor, means: Tensor, covs: Tensor, image_shape: Sequence[int] | None = None
+    ):
         super().__init__()
         w = torch.as_tensor(weights, dtype=torch.float64)
         means = torch.as_tensor(means, dtype=torch.float64)
         covs = torch.as_tensor(covs, dtype=torch.float64)
         k, d = means.shape
         if w.shape != (k,) or (w < 0).any() or w.sum() <= 0:
-            raise ValueError(f"GaussianMixturePrior: need {k} nonnegative weights, got shape {tuple(w.shape)}")
+            raise ValueError(
+                f"GaussianMixturePrior: need {k} nonnegative weights, got shape {tuple(w.shape)}"
+            )
         if covs.shape not in {(k,), (k, d, d)}:
-            raise ValueError(f"GaussianMixturePrior: covs must be ({k},) or ({k}, {d}, {d}), got {tuple(covs.shape)}")
+            raise ValueError(
+                f"GaussianMixturePrior: covs must be ({k},) or ({k}, {d}, {d}), got {tuple(covs.shape)}"
+            )
         self.isotropic = covs.dim() == 1
         self.image_shape = tuple(image_shape) if image_shape is not None else (d,)
         self.register_buffer("log_w", torch.log(w / w.sum()))
@@ -172,7 +189,9 @@ class GaussianMixturePrior(Denoiser):
             evals, evecs = torch.linalg.eigh(0.5 * (covs + covs.transpose(1, 2)))
             self.register_buffer("evals", evals)
             self.register_buffer("evecs", evecs)
-        total_var = float((torch.exp(self.log_w)[:, None] * (means - (torch.exp(self.log_w) @ means)) ** 2).sum(0).mean())
+        total_var = float(
+            (torch.exp(self.log_w)[:, None] * (means - (torch.exp(self.log_w) @ means)) ** 2).sum(0).mean()
+        )
         self.sigma_data = math.sqrt(total_var + float(covs.mean() if self.isotropic else evals.mean()))
         self.sigma_max = max(80.0, 20 * self.sigma_data)
 
@@ -206,7 +225,9 @@ class GaussianMixturePrior(Denoiser):
         if self.isotropic:
             x = self.means[comp] + self.covs[comp, None].sqrt() * z
         else:
-            x = self.means[comp] + torch.einsum("nij,nj->ni", self.evecs[comp] * self.evals[comp, None].sqrt(), z)
+            x = self.means[comp] + torch.einsum(
+                "nij,nj->ni", self.evecs[comp] * self.evals[comp, None].sqrt(), z
+            )
         return x.reshape(n, *self.image_shape)
 
     def posterior(self, problem: Problem) -> MixturePosterior:
@@ -220,4 +241,6 @@ class GaussianMixturePrior(Denoiser):
             means.append(m)
             post_covs.append(c)
             logw.append(self.log_w[j] + logz)
-        return MixturePosterior(torch.stack(logw, 1), torch.stack(means, 1), torch.stack(post_covs), self.image_shape)
+        return MixturePosterior(
+            torch.stack(logw, 1), torch.stack(means, 1), torch.stack(post_covs), self.image_shape
+        )
