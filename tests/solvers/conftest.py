@@ -32,7 +32,8 @@ def make_gmm_problem(d: int = 4, m: int = 1, sigma_y: float = 0.3, batch: int = 
     g = torch.Generator().manual_seed(seed)
     means = 3 * torch.randn(6, d, generator=g, dtype=torch.float64)
     weights = torch.rand(6, generator=g, dtype=torch.float64) + 0.2
-    prior = GaussianMixturePrior(weights, means, torch.full((6,), 0.5, dtype=torch.float64), image_shape=(1, d))
+    variances = torch.full((6,), 0.5, dtype=torch.float64)
+    prior = GaussianMixturePrior(weights, means, variances, image_shape=(1, d))
     a = torch.randn(m, d, generator=g, dtype=torch.float64)
     op = MatrixOperator(a, (1, d))
     x = prior.sample(batch, generator=g)
