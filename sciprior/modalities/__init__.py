@@ -4,5 +4,4 @@ Importing this package imports every modality module so their operators register
 adjointness test.
 """
 
-from sciprior.modalities import base, noise  # noqa: F401
-from sciprior.modalities import mri  # noqa: F401,E402
+from sciprior.modalities import base, ct, mri, noise  # noqa: F401

@@ -16,12 +16,11 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
-from typing import Union
 
 import torch
 from torch import Tensor, nn
 
-Measurement = Union[Tensor, tuple[Tensor, ...]]
+Measurement = Tensor | tuple[Tensor, ...]
 
 # --------------------------------------------------------------------------------------------
 # Registry: name -> factory returning a small instance for the shared adjointness test.
