@@ -1,0 +1,1 @@
+"""Training of diffusion priors with Lightning: ``EDMPriorModule`` and ``sciprior train`` (cli.py)."""

@@ -1,0 +1,252 @@
+"""Training sets: split by file, readers per modality, deterministic views, samplers, caches, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_volumes
+
+from sciprior.datasets.training_sets import (
+    EpochSampler,
+    FastMRIDataModule,
+    FastMRIReader,
+    FieldDataModule,
+    HyperspectralDataModule,
+    SliceDataModule,
+    resolve_paths,
+    window_to_unit,
+)
+
+
+def _paths(items: list[dict]) -> set[str]:
+    return {it["path"] for it in items}
+
+
+def test_split_is_by_file(tmp_path: Path):
+    files = write_volumes(tmp_path, 5, shape=(8, 8, 3))
+    dm = SliceDataModule([str(f) for f in files], val_fraction=0.4, batch_size=2, seed=3)
+    dm.setup("fit")
+    train, val = _paths(dm.train_items), _paths(dm.val_items)
+    assert len(val) == 2 and len(train) == 3 and not train & val
+    assert train | val == {str(f) for f in files}
+    assert len(dm.train_set) == 3 * 3 and len(dm.val_set) == 2 * 3  # every slice of a file stays with it
+    # the split is reproducible from the seed
+    again = SliceDataModule([str(f) for f in files], val_fraction=0.4, batch_size=2, seed=3)
+    assert {*map(str, again.val_files)} == val
+    with pytest.raises(ValueError, match="in both paths and val_paths"):
+        SliceDataModule([str(f) for f in files], val_paths=[str(files[0])])
+
+
+def test_holdout_slab_of_a_single_volume(tmp_path: Path):
+    (f,) = write_volumes(tmp_path, 1, shape=(8, 8, 10))
+    dm = SliceDataModule(str(f), holdout=(4, 6), holdout_margin=1, batch_size=2)
+    dm.setup("fit")
+    assert sorted(it["index"] for it in dm.train_items) == [0, 1, 2, 7, 8, 9]
+    assert sorted(it["index"] for it in dm.val_items) == [4, 5]
+
+
+def test_slices_of_a_dicom_file_match_pydicom(tmp_path: Path):
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("CT_small.dcm")
+    ds = pydicom.dcmread(path)
+    hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    dm = SliceDataModule(
+        path,
+        intensity="hu_window",
+        window=(-1000, 1000),
+        clip=True,
+        val_fraction=0.0,
+        batch_size=1,
+        flips=False,
+    )
+    dm.setup("fit")
+    x = dm.train_set[0]
+    assert x.shape == (1, 128, 128)
+    np.testing.assert_allclose(x[0].numpy(), window_to_unit(hu, -1000, 1000, True), atol=1e-6)
+
+
+def test_pixel_spacing_resamples_with_the_affine(tmp_path: Path):
+    import nibabel as nib
+
+    vol = np.zeros((40, 20, 3), np.float32)
+    vol[10:30, 5:15] = 1.0  # a 20 x 10 voxel block = 10 mm x 10 mm at (0.5, 1.0) mm voxels
+    nib.save(nib.Nifti1Image(vol, np.diag([0.5, 1.0, 2.0, 1.0])), str(tmp_path / "v.nii.gz"))
+    dm = SliceDataModule(
+        str(tmp_path / "v.nii.gz"),
+        intensity="none",
+        pixel_spacing=1.0,
+        val_fraction=0.0,
+        batch_size=1,
+        flips=False,
+        axcodes="RAS",
+    )
+    dm.setup("fit")
+    x = dm.train_set[0][0]
+    assert x.shape == (20, 20)  # (y, x) after the swap: 20 mm x 20 mm at 1 mm
+    assert float(x.sum()) == pytest.approx(100.0, rel=1e-5)  # the 10 x 10 mm block keeps its area
+
+
+def test_package_paths_are_resolved_without_download():
+    (p,) = resolve_paths("pkg:pydicom/pydicom/data/test_files/CT_small.dcm")
+    assert p.is_file() and p.name == "CT_small.dcm"
+    with pytest.raises(FileNotFoundError, match="no-such-dist"):
+        resolve_paths("pkg:no-such-dist/x.dcm", "data.paths")
+
+
+def test_views_are_deterministic_per_epoch_and_index(tmp_path: Path):
+    files = write_volumes(tmp_path, 2, shape=(16, 12, 2))
+    dm = SliceDataModule(
+        [str(f) for f in files], val_fraction=0.0, patch_size=(8, 8), rot90=True, repeats=3, batch_size=2
+    )
+    dm.setup("fit")
+    ds = dm.train_set
+    assert len(ds) == 4 * 3 and ds[(5, 0)].shape == (1, 8, 8)
+    assert torch.equal(ds[(5, 0)], ds[(5, 0)])
+    assert not torch.equal(ds[(5, 0)], ds[(5, 1)]), "views should change with the epoch"
+    # a view is a patch of the example, possibly flipped/rotated: its sorted values are a subset
+    full = ds.base[5 % 4].flatten()
+    patch = ds[(5, 0)].flatten()
+    assert all(bool((full == v).any()) for v in patch)
+
+
+def test_epoch_sampler_shards_are_disjoint_and_reshuffled():
+    data = list(range(21))
+    per_rank = []
+    for rank in range(3):
+        s = EpochSampler(data, num_replicas=3, rank=rank, seed=1)
+        s.set_epoch(0)
+        per_rank.append([i for i, _ in s])
+    assert all(len(p) == 7 for p in per_rank)
+    assert len(set().union(*map(set, per_rank))) == 21
+    s = EpochSampler(data, num_replicas=3, rank=0, seed=1)
+    s.set_epoch(1)
+    keys = list(s)
+    assert {e for _, e in keys} == {1} and [i for i, _ in keys] != per_rank[0]
+    s = EpochSampler(data, num_replicas=3, rank=0, seed=1, position_fn=lambda: (0, 4))
+    assert [i for i, _ in s] == per_rank[0][4:]  # mid-epoch resume skips what was consumed
+
+
+def test_bad_paths_name_key_and_file(tmp_path: Path):
+    with pytest.raises(FileNotFoundError, match=r"SliceDataModule\.paths: no such file.*missing\.nii"):
+        SliceDataModule(str(tmp_path / "missing.nii"))
+    with pytest.raises(FileNotFoundError, match=r"val_paths: the pattern .*\*\.h5.* matches no file"):
+        (f,) = write_volumes(tmp_path, 1)
+        SliceDataModule(str(f), val_paths=str(tmp_path / "*.h5"))
+    with pytest.raises(FileNotFoundError, match="unknown sample file 'sample:nope'"):
+        resolve_paths("sample:nope")
+
+
+def _fft2c(x: np.ndarray) -> np.ndarray:
+    return np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(x, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+
+
+def test_fastmri_single_and_multi_coil(tmp_path: Path):
+    h5py = pytest.importorskip("h5py")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[-1:1:32j, -1:1:32j]
+    img = (rng.normal(size=(3, 32, 32)) + 1j * rng.normal(size=(3, 32, 32))) * (xx**2 + yy**2 < 0.8)
+    with h5py.File(tmp_path / "single.h5", "w") as f:
+        f["kspace"] = _fft2c(img).astype(np.complex64)
+    out = FastMRIReader(crop=None)(str(tmp_path / "single.h5"))
+    assert out.shape == (3, 2, 32, 32)
+    scale = np.percentile(np.abs(img), 99.0)
+    np.testing.assert_allclose(out[:, 0] + 1j * out[:, 1], img / scale, atol=1e-5)
+
+    sens = np.stack([np.exp(-((xx - c) ** 2 + yy**2)) * np.exp(1j * c * yy) for c in (-1.0, 0.0, 1.0, 0.5)])
+    smooth = np.exp(-(xx**2 + yy**2) * 2) * (1 + 0.2 * np.cos(3 * xx))  # a smooth object
+    coils = sens[None] * smooth[None, None]
+    with h5py.File(tmp_path / "multi.h5", "w") as f:
+        f["kspace"] = _fft2c(coils).astype(np.complex64)
+    out = FastMRIReader(crop=(16, 16), acs_lines=32)(str(tmp_path / "multi.h5"))
+    assert out.shape == (1, 2, 16, 16)
+    rss = np.sqrt((np.abs(coils) ** 2).sum(1))[0, 8:24, 8:24]
+    mag = np.hypot(out[0, 0], out[0, 1])
+    np.testing.assert_allclose(mag / mag.max(), rss / rss.max(), atol=1e-3)
+
+    dm = FastMRIDataModule(str(tmp_path / "single.h5"), crop=None, val_fraction=0.0, batch_size=2)
+    dm.setup("fit")
+    assert dm.example_shape == (2, 32, 32)
+
+
+def test_hyperspectral_patches_are_crops_of_the_cube(tmp_path: Path):
+    rng = np.random.default_rng(1)
+    cubes = [rng.uniform(0, 1, size=(24, 20, 5)).astype(np.float32) for _ in range(3)]  # (H, W, bands)
+    for i, c in enumerate(cubes):
+        np.save(tmp_path / f"cube{i}.npy", c)
+    dm = HyperspectralDataModule(
+        str(tmp_path / "cube*.npy"),
+        band_axis=2,
+        bands=[0, 2, 4],
+        patch_size=(8, 8),
+        repeats=4,
+        flips=False,
+        rot90=False,
+        intensity="max",
+        val_fraction=0.34,
+        batch_size=2,
+    )
+    dm.setup("fit")
+    assert len(dm.train_files) == 2 and len(dm.val_files) == 1
+    assert len(dm.train_set) == 8 and len(dm.val_set) == 4
+    x = dm.train_set[(3, 0)].numpy()
+    assert x.shape == (3, 8, 8)
+    cube = np.load(dm.train_items[3 % 2]["path"])
+    ref = np.moveaxis(cube, 2, 0)[[0, 2, 4]]
+    ref = window_to_unit(ref, 0.0, float(ref.max()), False)
+    hits = [
+        (t, s) for t in range(24 - 7) for s in range(20 - 7) if np.allclose(ref[:, t : t + 8, s : s + 8], x)
+    ]
+    assert len(hits) == 1
+
+
+def test_fields_use_training_statistics(tmp_path: Path):
+    xr = pytest.importorskip("xarray")
+    rng = np.random.default_rng(2)
+    for i in range(3):
+        ds = xr.Dataset(
+            {
+                "t": (("time", "level", "lat", "lon"), rng.normal(250 + 10 * i, 5, size=(4, 3, 8, 16))),
+                "sp": (("time", "lat", "lon"), rng.normal(1e5, 100, size=(4, 8, 16))),
+            },
+            coords={"level": [500.0, 850.0, 1000.0], "time": np.arange(4)},
+        )
+        ds["sp"][0, 0, 0] = np.nan
+        ds.to_netcdf(tmp_path / f"f{i}.nc")
+    files = [str(tmp_path / f"f{i}.nc") for i in range(3)]
+    dm = FieldDataModule(
+        files[:2], val_paths=files[2:], variables=["t", "sp"], levels=[500.0, 1000.0], batch_size=2
+    )
+    dm.setup("fit")
+    assert dm.example_shape == (3, 8, 16)
+    train = torch.stack([dm.train_set[(i, 0)] for i in range(len(dm.train_set))])
+    assert train.shape == (8, 3, 8, 16)
+    # standardised with the training files' statistics: mean 0, std std_scale (NaN filled with 0)
+    torch.testing.assert_close(train.mean(dim=(0, 2, 3)), torch.zeros(3), atol=2e-3, rtol=0)
+    torch.testing.assert_close(train.std(dim=(0, 2, 3)), torch.full((3,), 0.5), atol=2e-3, rtol=0)
+    val = torch.stack([dm.val_set[i] for i in range(len(dm.val_set))])
+    assert float(val[:, 0].mean()) > 0.3  # the held-out file is warmer: not re-standardised on itself
+    assert dm.domain()["reader_args"]["mean"][0] == pytest.approx(255.0, abs=1.0)
+    with pytest.raises(ValueError, match="lacks level"):
+        FieldDataModule(files, variables=["t"], levels=[700.0]).setup("fit")
+
+
+def test_disk_cache_round_trip(tmp_path: Path):
+    files = write_volumes(tmp_path / "d", 2, shape=(8, 8, 3))
+    kw = dict(val_fraction=0.0, batch_size=2, cache="disk", cache_dir=str(tmp_path / "cache"), flips=False)
+    a = SliceDataModule([str(f) for f in files], **kw)
+    a.setup("fit")
+    xs = [a.train_set[i] for i in range(len(a.train_set))]
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 6
+    b = SliceDataModule([str(f) for f in files], **kw)
+    b.setup("fit")
+    for i, x in enumerate(xs):
+        assert torch.equal(b.train_set[i], x)
+    c = SliceDataModule([str(f) for f in files], **{**kw, "intensity": "minmax"})  # other params: new keys
+    c.setup("fit")
+    c.train_set[0]
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 7
