@@ -4,4 +4,4 @@ Importing this package imports every modality module so their operators register
 adjointness test.
 """
 
-from sciprior.modalities import base, ct, mri, noise  # noqa: F401
+from sciprior.modalities import adapter, base, ct, ct_adapter, mri, mri_adapter, noise, volume  # noqa: F401
