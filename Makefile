@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test test-slow lint demo bench-gmm
+.PHONY: setup test test-slow lint demo bench-gmm bench-operators
 
 setup:
 	bash scripts/setup.sh
@@ -16,6 +16,9 @@ test-slow: setup
 
 lint: setup
 	$(VENV)/bin/ruff check sciprior tests benchmarks scripts
+
+demo: setup
+	$(VENV)/bin/sciprior reconstruct configs/ct/sparse_view.yaml
 
 bench-gmm: setup
 	$(PY) benchmarks/gmm_posterior.py

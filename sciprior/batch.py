@@ -889,7 +889,9 @@ class BatchConfig:
     Attributes:
         inputs: glob, manifest path (.csv/.tsv/.txt/.lst) or list of paths.
         output_dir: where outputs, summary.csv and the engine state (.sciprior_batch/) go.
-        process_item: import path ``package.module:attr`` of the per-input function or class.
+        process_item: ``reconstruct`` (the default: :class:`sciprior.batch_reconstruct.ReconstructItem`,
+            whose ``process_kwargs`` are ``config`` (a reconstruction YAML) and ``overrides``), or the
+            import path ``package.module:attr`` of your own per-input function or class.
         process_kwargs: its keyword arguments (class constructor, or bound to the function).
         devices: devices per node (Lightning Trainer).
         num_nodes: number of nodes (Lightning Trainer).
@@ -905,7 +907,7 @@ class BatchConfig:
 
     inputs: str | list[str]
     output_dir: str
-    process_item: str
+    process_item: str = "reconstruct"
     process_kwargs: dict[str, Any] = field(default_factory=dict)
     devices: int | str | list[int] = 1
     num_nodes: int = 1
@@ -946,9 +948,24 @@ def parse_config(argv: Sequence[str], exit_on_error: bool = True) -> BatchConfig
 
 
 def run_batch_config(cfg: BatchConfig) -> BatchSummary:
-    """:func:`run_batch` with the fields of a :class:`BatchConfig`."""
+    """:func:`run_batch` with the fields of a :class:`BatchConfig`.
+
+    With ``process_item: reconstruct`` the reconstruction config is validated against the first input
+    before anything runs (a typo fails here, naming the key)."""
+    from sciprior.batch_reconstruct import PROCESS_ITEMS
+
     kw = dataclasses.asdict(cfg)
-    return run_batch(kw.pop("inputs"), kw.pop("output_dir"), kw.pop("process_item"), **kw)
+    target = kw.pop("process_item")
+    if target in PROCESS_ITEMS:
+        if target == "reconstruct":
+            if "config" not in kw["process_kwargs"]:
+                raise ValueError("process_kwargs.config: `process_item: reconstruct` needs the path of a "
+                                 "reconstruction config (e.g. configs/ct/sparse_view.yaml)")
+            first = resolve_inputs(kw["inputs"], kw["output_dir"], kw["base_seed"])
+            if first:
+                load_process_item(PROCESS_ITEMS[target], {**kw["process_kwargs"], "first_input": first[0].path})
+        target = PROCESS_ITEMS[target]
+    return run_batch(kw.pop("inputs"), kw.pop("output_dir"), target, **kw)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -956,7 +973,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg = parse_config(argv)
-    summary = run_batch_config(cfg)
+    try:
+        summary = run_batch_config(cfg)
+    except (ValueError, FileNotFoundError) as e:  # config errors (named key / file), before any compute
+        print(f"sciprior batch: error: {e}", file=sys.stderr)
+        return 2
     bad = summary.names("failed") + summary.names("missing")
     if bad:
         print(f"batch: {len(bad)} input(s) failed: {', '.join(bad[:10])}" + (" ..." if len(bad) > 10 else ""),

@@ -1,12 +1,30 @@
-"""Command line: ``sciprior info`` (more subcommands: reconstruct | train | batch as they land)."""
+"""Command line: ``sciprior <command> [args ...]``.
+
+Each command is a module function ``main(argv: list[str]) -> int`` that receives the arguments after the
+command name (add new commands to :data:`COMMANDS`):
+
+- ``sciprior info``: the environment, registered operators and solvers;
+- ``sciprior reconstruct CONFIG.yaml [--key value ...]``: one scan (:mod:`sciprior.reconstruct`);
+- ``sciprior train CONFIG.yaml [--key value ...]``: train a prior with LightningCLI (:mod:`sciprior.training`);
+- ``sciprior batch CONFIG.yaml [--key value ...]``: many inputs over devices and nodes (:mod:`sciprior.batch`).
+"""
 
 from __future__ import annotations
 
-import argparse
+import importlib
 import sys
 
+#: command -> (module, function taking the remaining argv and returning an exit code)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("sciprior.cli", "info_main"),
+    "reconstruct": ("sciprior.reconstruct", "main"),
+    "train": ("sciprior.training.cli", "main_train"),
+    "batch": ("sciprior.batch", "main"),
+}
 
-def _info() -> int:
+
+def info_main(argv: list[str] | None = None) -> int:
+    """``sciprior info``: torch/CUDA, registered operators and solvers."""
     import torch
 
     import sciprior.modalities  # noqa: F401  (registers operators)
@@ -20,16 +38,22 @@ def _info() -> int:
     return 0
 
 
+def _usage() -> str:
+    return "usage: sciprior {" + ",".join(COMMANDS) + "} ...\n\n" + (__doc__ or "")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sciprior", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("info", help="show the environment, registered operators and solvers")
-    args, rest = parser.parse_known_args(argv)
-    if args.command == "info":
-        return _info()
-    return 2  # pragma: no cover
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"sciprior: unknown command {command!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module, fn = COMMANDS[command]
+    return int(getattr(importlib.import_module(module), fn)(rest) or 0)
 
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
-
