@@ -22,3 +22,6 @@ demo: setup
 
 bench-gmm: setup
 	$(PY) benchmarks/gmm_posterior.py
+
+bench-operators:
+	.venv-bench/bin/python benchmarks/operators.py --threads 1 2 --omp-wait-policy PASSIVE --json docs/benchmarks/operators.json

@@ -725,8 +725,10 @@ NOTES = [
     "- deepinv `Tomography` (0.5): by default (`adjoint_via_backprop=True`) `A_adjoint` is the exact "
     "adjoint, the vector-Jacobian product of the `grid_sample` forward (built lazily with `torch.func.vjp` "
     "on the first call, which then holds the forward's saved tensors). With `adjoint_via_backprop=False` "
-    "it is `IRadon` without filter, a pixel-driven back-projection that is *not* the adjoint "
-    "(dot-test mismatch in the agreement table) but cheaper. Its detector has `ceil(sqrt(2) N)` elements "
+    "it is `IRadon` without filter, a pixel-driven back-projection that is cheaper but *not* the adjoint: "
+    "its dot test is off by about 1e-5 on positive vectors (1e-9 for the matched pairs, agreement tables), "
+    "and in a separate check at 256 x 256, 180 views it differed from the exact adjoint by 6.8% (relative "
+    "L2) on a white-noise sinogram and 0.6% on a uniform positive one. Its detector has `ceil(sqrt(2) N)` elements "
     "of one pixel (all implementations here use that count), and it pads the image so that the image "
     "centre sits half a pixel off its rotation axis (part of its difference from sciprior/ASTRA).",
     "- deepinv `Tomography` keeps a sampling grid per view for both `Radon` and `IRadon` "
