@@ -90,13 +90,20 @@ def test_wrong_types_and_unknown_keys_fail_naming_the_key(priors, no_compute):
         parse_config(ct_config(priors["1x64"], angular_range=500))
 
 
-def test_missing_files_are_named(priors, no_compute, tmp_path):
+def test_missing_files_are_named(priors, no_compute, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"input: no such file.*nothere\.nii\.gz"):
         parse_config(ct_config(priors["1x64"]), {"input": str(tmp_path / "nothere.nii.gz")})
     with pytest.raises(ConfigError, match=r"prior\.checkpoint: no such checkpoint.*noprior"):
         parse_config(ct_config(tmp_path / "noprior"))
+    import importlib.resources
+
+    from sciprior.reconstruct import resolve_checkpoint
+
+    assert (resolve_checkpoint("builtin:ct") / "model.safetensors").is_file()  # the shipped prior
+    monkeypatch.setattr(importlib.resources, "files", lambda pkg: tmp_path / "empty_pkg")  # no assets
     with pytest.raises(ConfigError, match=r"builtin:ct not found at .*assets.priors.ct.*sciprior train"):
-        parse_config(ct_config("builtin:ct"))
+        resolve_checkpoint("builtin:ct")
+    monkeypatch.undo()
     with pytest.raises(ConfigError, match=r"prior\.checkpoint: solver 'dds' needs a prior"):
         parse_config(ct_config(priors["1x64"]), {"prior.checkpoint": None})
 
