@@ -1,5 +1,5 @@
-"""Shared pieces of the benchmarks: the MCGdiff Gaussian-mixture protocol, a fast exact GMM denoiser,
-exact posterior sampling, the sliced Wasserstein distance, machine info and atomic writes.
+"""Shared pieces of the benchmarks: the MCGdiff Gaussian-mixture protocol (with a dense operator whose
+closed forms go through its SVD), the sliced Wasserstein distance, machine info and atomic writes.
 
 Nothing here downloads anything; every random draw comes from an explicit, seeded generator.
 """
@@ -18,8 +18,7 @@ from torch import Tensor
 
 from sciprior.modalities.base import MatrixOperator
 from sciprior.modalities.noise import Gaussian, Problem
-from sciprior.priors.analytic import GaussianMixturePrior, MixturePosterior
-from sciprior.priors.base import Denoiser, sigma_batch
+from sciprior.priors.analytic import GaussianMixturePrior
 
 # --------------------------------------------------------------------------------------------
 # The Gaussian-mixture protocol of MCGdiff (Cardoso et al., ICLR 2024, Sec. 4 / App. B)
@@ -43,6 +42,40 @@ def random_orthogonal(n: int, generator: torch.Generator) -> Tensor:
     return q * torch.sign(torch.diagonal(r))
 
 
+class SVDMatrixOperator(MatrixOperator):
+    """A :class:`MatrixOperator` whose closed forms use its thin SVD ``A = U diag(s) V^T``, computed once.
+
+    ``MatrixOperator.prox_l2`` solves a (d, d) system on every call (d^3 flops: ~0.1 s at d = 800, called
+    once per step by PiGDM, DiffPIR, DAPS-exact and PnP-DM) and ``pinv`` recomputes ``pinv(A)``. Here,
+    with ``A^T y = V diag(s) U^T y`` in the span of V, the prox ``(A^T A + I / g)^{-1} (A^T y + z / g)`` is
+    ``z + V (c - V^T z)`` with ``c = (s U^T y + V^T z / g) / (s^2 + 1 / g)``: O(rows d m) and no
+    cancellation for large ``g``. Same values as the parent's to rounding; needs full row rank (m <= d).
+    """
+
+    def __init__(self, matrix: Tensor, in_shape=None):
+        super().__init__(matrix, in_shape)
+        u, s, vh = torch.linalg.svd(self.matrix, full_matrices=False)
+        if not bool((s > 0).all()):
+            raise ValueError("SVDMatrixOperator: the matrix must have full row rank")
+        self.register_buffer("_u", u)  # (m, m)
+        self.register_buffer("_s", s)  # (m,)
+        self.register_buffer("_vh", vh.contiguous())  # (m, d)
+        self.register_buffer("_pinv_t", (u / s) @ vh)  # pinv(A)^T = U diag(1/s) V^T, (m, d)
+
+    def pinv(self, y):
+        return (y @ self._pinv_t).reshape(y.shape[0], *self.in_shape)
+
+    def prox_l2(self, z, y, gamma):
+        zf = z.reshape(z.shape[0], -1)
+        g = torch.as_tensor(gamma, dtype=zf.dtype, device=zf.device).reshape(-1, 1)  # scalar or per row
+        zv = zf @ self._vh.T  # (rows, m)
+        c = ((y @ self._u) * self._s + zv / g) / (self._s**2 + 1.0 / g)
+        return torch.addmm(zf, c - zv, self._vh).reshape(z.shape)
+
+    def svd(self):
+        return self._u, self._s, self._vh
+
+
 @dataclass
 class GMMCase:
     """One random problem of the protocol."""
@@ -54,12 +87,15 @@ class GMMCase:
     x_true: Tensor
 
 
-def make_case(d_x: int, d_y: int, seed: int, sigma_y: float | None = None) -> GMMCase:
+def make_case(d_x: int, d_y: int, seed: int, sigma_y: float | None = None,
+              dtype: torch.dtype = torch.float64) -> GMMCase:
     """A random problem: prior weights ``w_k = z_k^2 / sum z^2``, ``A = U diag(s) V^T`` with Haar ``U, V``
     and ``s ~ U(0, 1)`` (sorted), ``x ~ prior``, ``y = A x + sigma_y eps``.
 
     ``sigma_y``: None draws it as the MCGdiff authors' reference code does (``sigma_y = u * max(s)``,
-    ``u ~ U(0, 1)``, one per problem); a float fixes it.
+    ``u ~ U(0, 1)``, one per problem); a float fixes it. Everything is drawn in float64; ``dtype`` is the
+    precision of the returned operator and measurement (what solvers run in), and the exact posterior
+    (``case.prior.posterior(case.problem)``) is that of the rounded operator and measurement.
     """
     g = torch.Generator().manual_seed(int(seed))
     weights = torch.randn(25, generator=g, dtype=torch.float64) ** 2
@@ -73,57 +109,17 @@ def make_case(d_x: int, d_y: int, seed: int, sigma_y: float | None = None) -> GM
     if sigma_y is None:
         sigma_y = float(torch.rand((), generator=g, dtype=torch.float64)) * float(s.max())
     x = prior.sample(1, generator=g)
-    problem = Problem.simulate(MatrixOperator(a, (1, d_x)), x, Gaussian(sigma_y), generator=g)
+    problem = Problem.simulate(SVDMatrixOperator(a, (1, d_x)), x, Gaussian(sigma_y), generator=g)
+    if dtype != torch.float64:
+        problem = Problem(SVDMatrixOperator(a.to(dtype), (1, d_x)), problem.y.to(dtype), problem.noise,
+                          problem.image_shape, reference=x.to(dtype))
     return GMMCase(prior, problem, float(sigma_y), s, x)
 
 
-class FastGMMDenoiser(Denoiser):
-    """The exact denoiser of an isotropic :class:`GaussianMixturePrior`, with matrix products.
-
-    Same function as ``GaussianMixturePrior.forward`` (float64 inside, output in the input's dtype),
-    but ``||x - mu_k||^2 = ||x||^2 - 2 x.mu_k + ||mu_k||^2`` avoids the (rows, K, d) difference tensor, which
-    at d = 800 and 1000 rows costs 160 MB and dominates the benchmark's run time.
-    """
-
-    def __init__(self, prior: GaussianMixturePrior):
-        super().__init__()
-        if not prior.isotropic:
-            raise ValueError("FastGMMDenoiser needs isotropic component covariances")
-        self.register_buffer("log_w", prior.log_w.clone())
-        self.register_buffer("means", prior.means.clone())
-        self.register_buffer("var", prior.covs.clone())
-        self.register_buffer("mean_sq", (prior.means**2).sum(1))
-        self.sigma_data, self.sigma_min, self.sigma_max = prior.sigma_data, prior.sigma_min, prior.sigma_max
-        self.image_shape = prior.image_shape
-
-    def forward(self, x: Tensor, sigma: float | Tensor) -> Tensor:
-        s2 = sigma_batch(sigma, x).double()[:, None] ** 2  # (R, 1)
-        xf = x.reshape(x.shape[0], -1).double()
-        d = xf.shape[1]
-        tot = self.var[None] + s2  # (R, K)
-        dist = (xf**2).sum(1, keepdim=True) - 2 * xf @ self.means.T + self.mean_sq[None]
-        gamma = (self.log_w - 0.5 * dist / tot - 0.5 * d * torch.log(tot)).softmax(-1)
-        out = (gamma * s2 / tot) @ self.means + (gamma * self.var[None] / tot).sum(1, keepdim=True) * xf
-        return out.to(x.dtype).reshape(x.shape)
-
-
-def sample_posterior(post: MixturePosterior, n: int, generator: torch.Generator) -> Tensor:
-    """(B, n, *image_shape) exact draws; one Cholesky factor when all component covariances agree.
-
-    Same law as ``MixturePosterior.sample``, without its (n, d, d) gather of per-draw factors (5 GB at
-    d = 800, n = 1000).
-    """
-    covs = post.covs
-    if not torch.allclose(covs, covs[:1].expand_as(covs), rtol=1e-10, atol=1e-12):
-        return post.sample(n, generator=generator)
-    b, k, d = post.means.shape
-    chol = torch.linalg.cholesky(covs[0] + 1e-12 * torch.eye(d, dtype=covs.dtype))
-    out = torch.empty(b, n, d, dtype=post.means.dtype)
-    for i in range(b):
-        comp = torch.multinomial(post.log_weights[i].softmax(-1), n, replacement=True, generator=generator)
-        z = torch.randn((n, d), generator=generator, dtype=post.means.dtype)
-        out[i] = post.means[i, comp] + z @ chol.T
-    return out.reshape(b, n, *post.image_shape)
+def sorted_projections(a: Tensor, directions: Tensor) -> Tensor:
+    """(L, n) sorted projections ``sort(directions @ a^T)`` of a sample set ``a`` (n, d) on unit
+    ``directions`` (L, d) (sorted along a contiguous axis; computed once for a fixed reference set)."""
+    return torch.sort(directions @ a.double().T, dim=1).values
 
 
 def sliced_wasserstein(a: Tensor, b: Tensor, directions: Tensor) -> float:
@@ -131,8 +127,13 @@ def sliced_wasserstein(a: Tensor, b: Tensor, directions: Tensor) -> float:
     given unit ``directions`` (L, d); per direction, ``W1 = mean |sort(a.t) - sort(b.t)|``."""
     if a.shape != b.shape:
         raise ValueError(f"sliced_wasserstein needs equal sample sets: {tuple(a.shape)} vs {tuple(b.shape)}")
-    pa = torch.sort(a.double() @ directions.T, dim=0).values
-    pb = torch.sort(b.double() @ directions.T, dim=0).values
+    return sliced_wasserstein_sorted(sorted_projections(a, directions), sorted_projections(b, directions))
+
+
+def sliced_wasserstein_sorted(pa: Tensor, pb: Tensor) -> float:
+    """:func:`sliced_wasserstein` from two :func:`sorted_projections` (L, n)."""
+    if pa.shape != pb.shape:
+        raise ValueError(f"sliced_wasserstein needs equal sample sets: {tuple(pa.shape)} vs {tuple(pb.shape)}")
     return float((pa - pb).abs().mean())
 
 

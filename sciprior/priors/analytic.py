@@ -42,24 +42,33 @@ def _real_system(problem: Problem) -> tuple[Tensor, Tensor, float]:
     return a.double(), y.double(), problem.noise.sigma
 
 
-def _gauss_condition(mu: Tensor, cov: Tensor, a: Tensor, y: Tensor, sigma: float):
-    """Posterior of ``x ~ N(mu, cov)`` given ``y = A x + N(0, sigma^2)``.
+def _gauss_condition_many(mus: Tensor, cov: Tensor, a: Tensor, y: Tensor, sigma: float):
+    """Posteriors of ``x ~ N(mu_j, cov)`` for J prior means ``mus`` (J, d) sharing one covariance ``cov``,
+    given ``y = A x + N(0, sigma^2)`` (A (m, d), y (B, m)).
 
-    Returns (means (B, d), cov (d, d), log-evidence logZ (B,)).
+    Returns (means (B, J, d), cov (d, d), log-evidence ``log N(y; A mu_j, A cov A^T + sigma^2 I)`` (B, J)).
     """
     s = a @ cov @ a.T + (sigma**2) * torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
     s = 0.5 * (s + s.T)
     chol = torch.linalg.cholesky(s)
     k = torch.cholesky_solve(a @ cov, chol).T  # (d, m) = cov A^T S^-1
-    r = y - mu @ a.T  # (B, m)
-    mean = mu + r @ k.T
+    r = y[:, None, :] - (mus @ a.T)[None]  # (B, J, m)
+    mean = mus[None] + r @ k.T
     post_cov = cov - k @ a @ cov
     post_cov = 0.5 * (post_cov + post_cov.T)
-    # log N(y; A mu, S)
-    z = torch.linalg.solve_triangular(chol, r.T, upper=False)  # (m, B)
+    z = torch.linalg.solve_triangular(chol, r.reshape(-1, r.shape[-1]).T, upper=False)  # (m, B*J)
     logdet = 2 * torch.log(torch.diagonal(chol)).sum()
     logz = -0.5 * (z**2).sum(0) - 0.5 * logdet - 0.5 * a.shape[0] * math.log(2 * math.pi)
-    return mean, post_cov, logz
+    return mean, post_cov, logz.reshape(r.shape[:2])
+
+
+def _gauss_condition(mu: Tensor, cov: Tensor, a: Tensor, y: Tensor, sigma: float):
+    """Posterior of ``x ~ N(mu, cov)`` given ``y = A x + N(0, sigma^2)``.
+
+    Returns (means (B, d), cov (d, d), log-evidence logZ (B,)).
+    """
+    mean, post_cov, logz = _gauss_condition_many(mu[None], cov, a, y, sigma)
+    return mean[:, 0], post_cov, logz[:, 0]
 
 
 @dataclass
@@ -141,17 +150,39 @@ class MixturePosterior:
         return (w[..., None] * self.means).sum(1)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """(B, n, *image_shape) exact samples."""
+        """(B, n, *image_shape) exact samples.
+
+        Per item: ``n`` component labels from the weights, then ``n`` standard normal vectors (d,)
+        mapped by the drawn component's Cholesky factor. Draws are grouped by component (one matrix
+        product per component present, no (n, d, d) gather), and components sharing one covariance
+        (the isotropic equal-variance case) share one Cholesky factorisation.
+        """
         b, k, d = self.means.shape
-        chols = torch.linalg.cholesky(self.covs + 1e-12 * torch.eye(d, dtype=self.covs.dtype))
-        out = torch.empty(b, n, d, dtype=self.means.dtype)
+        shared = _shared_matrix(self.covs)
+        eye = 1e-12 * torch.eye(d, dtype=self.covs.dtype, device=self.covs.device)
+        chols = (torch.linalg.cholesky(shared + eye)[None].expand(k, d, d) if shared is not None
+                 else torch.linalg.cholesky(self.covs + eye))
+        out = torch.empty(b, n, d, dtype=self.means.dtype, device=self.means.device)
         for i in range(b):
             comp = torch.multinomial(
-                self.log_weights[i].softmax(-1), n, replacement=True, generator=generator
-            )
-            z = torch.randn((n, d), generator=generator, dtype=self.means.dtype)
-            out[i] = self.means[i, comp] + torch.einsum("nij,nj->ni", chols[comp], z)
+                self.log_weights[i].softmax(-1).cpu(), n, replacement=True, generator=generator
+            ).to(self.means.device)
+            z = torch.randn((n, d), generator=generator, dtype=self.means.dtype).to(self.means.device)
+            if shared is not None:
+                out[i] = self.means[i, comp] + z @ chols[0].T
+                continue
+            for j in torch.unique(comp).tolist():
+                rows = comp == j
+                out[i, rows] = self.means[i, j] + z[rows] @ chols[j].T
         return out.reshape(b, n, *self.image_shape)
+
+
+def _shared_matrix(mats: Tensor) -> Tensor | None:
+    """``mats[0]`` if every matrix of the stack (K, d, d) equals it (an expanded view, or equal entries),
+    else None."""
+    if mats.shape[0] == 1 or mats.stride(0) == 0:
+        return mats[0]
+    return mats[0] if bool((mats == mats[:1]).all()) else None
 
 
 class GaussianMixturePrior(Denoiser):
@@ -185,6 +216,15 @@ class GaussianMixturePrior(Denoiser):
         self.register_buffer("log_w", torch.log(w / w.sum()))
         self.register_buffer("means", means)
         self.register_buffer("covs", covs)
+        self.register_buffer("_mean_sq", (means**2).sum(1), persistent=False)  # (K,) for the fast forward
+        # means of low rank r (e.g. tiled patterns): mu_k = coef_k . basis, so products with the means cost
+        # (B, d, r) instead of (B, d, K); used when it at least halves them
+        u, sv, vh = torch.linalg.svd(means, full_matrices=False)
+        rank = int((sv > 1e-12 * sv.max()).sum()) if sv.numel() and float(sv.max()) > 0 else 0
+        low = self.isotropic and 2 * rank <= k
+        self.register_buffer("_basis", vh[:rank].T.contiguous() if low else None, persistent=False)  # (d, r)
+        self.register_buffer("_coef", (u[:, :rank] * sv[:rank]).contiguous() if low else None,
+                             persistent=False)  # (K, r)
         if not self.isotropic:
             evals, evecs = torch.linalg.eigh(0.5 * (covs + covs.transpose(1, 2)))
             self.register_buffer("evals", evals)
@@ -203,21 +243,38 @@ class GaussianMixturePrior(Denoiser):
         return self.covs
 
     def forward(self, x, sigma):
-        s2 = sigma_batch(sigma, x).double()[:, None] ** 2  # (B, 1)
         xf = x.reshape(x.shape[0], -1).double()
-        diff = xf[:, None, :] - self.means[None]  # (B, K, d)
-        d = xf.shape[1]
         if self.isotropic:
-            var = self.covs[None] + s2  # (B, K)
-            logp = self.log_w - 0.5 * (diff**2).sum(-1) / var - 0.5 * d * torch.log(var)
-            post = self.means[None] + (self.covs[None] / var)[..., None] * diff
-        else:
-            proj = torch.einsum("bkd,kde->bke", diff, self.evecs)  # coordinates in eigenbasis
-            var = self.evals[None] + s2[..., None]  # (B, K, d)
-            logp = self.log_w - 0.5 * (proj**2 / var).sum(-1) - 0.5 * torch.log(var).sum(-1)
-            post = self.means[None] + torch.einsum("bke,kde->bkd", proj * self.evals[None] / var, self.evecs)
+            return self._forward_isotropic(xf, sigma).to(x.dtype).reshape(x.shape)
+        s2 = sigma_batch(sigma, x).double()[:, None] ** 2  # (B, 1)
+        diff = xf[:, None, :] - self.means[None]  # (B, K, d)
+        proj = torch.einsum("bkd,kde->bke", diff, self.evecs)  # coordinates in eigenbasis
+        var = self.evals[None] + s2[..., None]  # (B, K, d)
+        logp = self.log_w - 0.5 * (proj**2 / var).sum(-1) - 0.5 * torch.log(var).sum(-1)
+        post = self.means[None] + torch.einsum("bke,kde->bkd", proj * self.evals[None] / var, self.evecs)
         gamma = logp.softmax(-1)
         return (gamma[..., None] * post).sum(1).to(x.dtype).reshape(x.shape)
+
+    def _forward_isotropic(self, xf: Tensor, sigma: float | Tensor) -> Tensor:
+        """``D`` for isotropic components on flattened float64 rows ``xf`` (B, d).
+
+        ``||x - mu_k||^2 = ||x||^2 - 2 x.mu_k + ||mu_k||^2`` with matrix products (no (B, K, d) tensor),
+        through the low-rank factors of the means when they have them; one noise level for all rows
+        (a float or 0-d tensor) keeps the per-component coefficients at shape (1, K).
+        """
+        s = torch.as_tensor(sigma, dtype=torch.float64, device=xf.device)
+        s2 = s.reshape(1, 1) ** 2 if s.dim() == 0 else sigma_batch(s, xf)[:, None] ** 2  # (1 or B, 1)
+        var = self.covs[None] + s2  # (1 or B, K)
+        low = self._basis is not None
+        xm = (xf @ self._basis) @ self._coef.T if low else xf @ self.means.T  # (B, K): x . mu_k
+        sq = torch.linalg.vecdot(xf, xf)[:, None]  # (B, 1); vecdot: finite gradient at 0
+        dist = (sq + self._mean_sq) - 2.0 * xm
+        gamma = ((self.log_w - 0.5 * xf.shape[1] * torch.log(var)) - 0.5 * dist / var).softmax(-1)
+        # D = sum_k gamma_k (mu_k + v_k / (v_k + s^2) (x - mu_k)) = keep * x + sum_k gamma_k s^2 / (v_k + s^2) mu_k
+        keep = gamma @ (self.covs / var).T if var.shape[0] == 1 else (gamma * self.covs / var).sum(1, keepdim=True)
+        shrink = gamma * (s2 / var)  # (B, K)
+        return (torch.addmm(keep * xf, shrink @ self._coef, self._basis.T) if low
+                else torch.addmm(keep * xf, shrink, self.means))
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         comp = torch.multinomial(self.log_w.exp(), n, replacement=True, generator=generator)
@@ -231,10 +288,30 @@ class GaussianMixturePrior(Denoiser):
         return x.reshape(n, *self.image_shape)
 
     def posterior(self, problem: Problem) -> MixturePosterior:
-        """Exact posterior mixture for a linear operator with Gaussian noise."""
+        """Exact posterior mixture for a linear operator with Gaussian noise.
+
+        Isotropic components are conditioned once per distinct variance (all means at once); when every
+        variance is equal the returned ``covs`` is one (d, d) matrix expanded to (K, d, d) (a view).
+        """
         a, y, sigma = _real_system(problem)
-        covs = self.full_covs
         k = self.means.shape[0]
+        if self.isotropic:
+            d = self.means.shape[1]
+            eye = torch.eye(d, dtype=self.covs.dtype, device=self.covs.device)
+            variances, inverse = torch.unique(self.covs, return_inverse=True)
+            means = torch.empty(y.shape[0], k, d, dtype=y.dtype, device=y.device)
+            logw = torch.empty(y.shape[0], k, dtype=y.dtype, device=y.device)
+            post_covs = []
+            for u, v in enumerate(variances.tolist()):
+                idx = (inverse == u).nonzero().reshape(-1)
+                m, c, logz = _gauss_condition_many(self.means[idx], v * eye, a, y, sigma)
+                means[:, idx] = m
+                logw[:, idx] = self.log_w[idx] + logz
+                post_covs.append(c)
+            covs = (post_covs[0][None].expand(k, d, d) if len(post_covs) == 1
+                    else torch.stack(post_covs)[inverse])
+            return MixturePosterior(logw, means, covs, self.image_shape)
+        covs = self.full_covs
         means, post_covs, logw = [], [], []
         for j in range(k):
             m, c, logz = _gauss_condition(self.means[j], covs[j], a, y, sigma)

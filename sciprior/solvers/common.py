@@ -51,9 +51,10 @@ class Result:
 class ItemNoise:
     """Gaussian noise for a batch of ``B * S`` rows where item ``b`` draws from its own generator.
 
-    Rows are item-major (``b*S + s``). Noise is drawn on the CPU (float32, or float64 when
-    the state dtype is float64) and moved to the target device, so a seed gives the same numbers on
-    every device.
+    Rows are item-major (``b*S + s``). Noise is drawn on the CPU and moved to the target device, so a
+    seed gives the same numbers on every device. Normal draws are made in float32 (torch's vectorised
+    CPU sampler, about 5x faster than its float64 path, which dominated float64 solver runs) and cast
+    to the state dtype; uniform draws are made in the state dtype (float64 for float64 states).
     """
 
     def __init__(self, seeds: Sequence[int], num_samples: int, device: torch.device | str = "cpu",
@@ -63,17 +64,23 @@ class ItemNoise:
         self.device = torch.device(device)
         self.dtype = dtype
 
+    def _draw(self, fn, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        if len(self.generators) == 1:  # one item: no concatenation copy
+            out = fn((self.num_samples, *shape), generator=self.generators[0], dtype=dtype)
+        else:
+            out = torch.empty((len(self.generators) * self.num_samples, *shape), dtype=dtype)
+            for i, g in enumerate(self.generators):
+                out[i * self.num_samples:(i + 1) * self.num_samples] = fn(
+                    (self.num_samples, *shape), generator=g, dtype=dtype)
+        return out.to(device=self.device, dtype=self.dtype)
+
     def randn(self, *shape: int) -> Tensor:
-        """Noise of shape ``(B * S, *shape)``."""
-        parts = [torch.randn((self.num_samples, *shape), generator=g, dtype=self.dtype)
-                 for g in self.generators]
-        return torch.cat(parts, dim=0).to(self.device)
+        """Standard normal noise of shape ``(B * S, *shape)`` in the state dtype."""
+        return self._draw(torch.randn, shape, torch.float32 if self.dtype == torch.float64 else self.dtype)
 
     def rand(self, *shape: int) -> Tensor:
         """Uniform [0, 1) noise of shape ``(B * S, *shape)``."""
-        parts = [torch.rand((self.num_samples, *shape), generator=g, dtype=self.dtype)
-                 for g in self.generators]
-        return torch.cat(parts, dim=0).to(self.device)
+        return self._draw(torch.rand, shape, self.dtype)
 
     def generator(self, item: int) -> torch.Generator:
         return self.generators[item]
