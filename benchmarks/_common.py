@@ -9,13 +9,13 @@ from __future__ import annotations
 import math
 import os
 import platform
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from sciprior.io import write_text_atomic
 from sciprior.modalities.base import MatrixOperator
 from sciprior.modalities.noise import Gaussian, Problem
 from sciprior.priors.analytic import GaussianMixturePrior
@@ -163,19 +163,8 @@ def machine_info() -> str:
 
 
 def write_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write ``text`` to ``path`` atomically (:func:`sciprior.io.write_text_atomic`)."""
+    return write_text_atomic(path, text)
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

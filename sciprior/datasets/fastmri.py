@@ -21,7 +21,6 @@ rename), so simulated data and a user's fastMRI files go through the same reader
 from __future__ import annotations
 
 import os
-import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,8 @@ import h5py
 import numpy as np
 import torch
 from torch import Tensor
+
+from sciprior.io import atomic_write
 
 ISMRMRD_NS = "http://www.ismrm.org/ISMRMRD"
 RECONSTRUCTION_KEYS = ("reconstruction_rss", "reconstruction_esc")
@@ -320,9 +321,7 @@ def write_fastmri(path: str | os.PathLike, kspace: Tensor | np.ndarray, *,
         all_attrs.setdefault("norm", float(np.linalg.norm(ref)))
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    def write(tmp: str) -> None:
         with h5py.File(tmp, "w") as hf:
             hf.create_dataset("kspace", data=k.astype(np.complex64))
             for key, r in recons.items():
@@ -332,9 +331,6 @@ def write_fastmri(path: str | os.PathLike, kspace: Tensor | np.ndarray, *,
             hf.create_dataset("ismrmrd_header", data=np.bytes_(ismrmrd_header.encode("utf-8")))
             for key, v in all_attrs.items():
                 hf.attrs[key] = v
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(path, write)
     return path

@@ -34,8 +34,7 @@ from __future__ import annotations
 import importlib
 import math
 import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -44,6 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sciprior.io import atomic_write, default_mode  # noqa: F401  (re-exported)
 from sciprior.modalities.base import (
     BlockMean,
     Convolution,
@@ -139,39 +139,6 @@ def _is_dicom(path: Path) -> bool:
             return f.read(4) == b"DICM"
     except OSError:
         return False
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp)`` on a hidden temp file next to ``path`` (same suffix), then rename it into place.
-
-    A killed job leaves no half-written ``path``; on error the temp file is removed.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def default_mode(path: str | os.PathLike) -> Path:
-    """Give a file written through ``tempfile.mkstemp`` (mode 0600) the usual ``0666 & ~umask`` mode."""
-    os.chmod(path, 0o666 & ~_umask())
-    return Path(path)
 
 
 def write_nifti(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sciprior.io import atomic_write
 from sciprior.modalities.base import (
     Identity,
     LinearOperator,
@@ -341,16 +341,7 @@ def write_nifti_volume(path: str | os.PathLike, volume: Tensor | np.ndarray, lik
     if description is not None:
         img.header["descrip"] = description.encode()[:79]
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if name.endswith(".nii.gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: nib.save(img, tmp))
     return path
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 
+from sciprior.io import atomic_write
 from sciprior.priors.edm import EDMDenoiser
 from sciprior.priors.networks import build_unet, unet_config
 
@@ -35,19 +35,6 @@ FORMAT = "sciprior.edm/1"
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
 _DENOISER_KEYS = ("sigma_data", "sigma_min", "sigma_max", "image_shape", "P_mean", "P_std")
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` on a temp file next to ``path``, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def checkpoint_config(denoiser: EDMDenoiser, net_config: Mapping[str, Any] | None = None,
@@ -90,8 +77,8 @@ def save_checkpoint(denoiser: EDMDenoiser, path: str | os.PathLike, *,
     except (yaml.YAMLError, TypeError, ValueError) as e:
         raise ValueError(f"save_checkpoint: config is not plain data (check metadata): {e}") from e
     path.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path / WEIGHTS, lambda tmp: save_model(denoiser.net, tmp, metadata={"sciprior": meta_json}))
-    _atomic_write(path / CONFIG, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path / WEIGHTS, lambda tmp: save_model(denoiser.net, tmp, metadata={"sciprior": meta_json}))
+    atomic_write(path / CONFIG, lambda tmp: Path(tmp).write_text(text))
     return path
 
 
