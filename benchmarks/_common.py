@@ -42,40 +42,6 @@ def random_orthogonal(n: int, generator: torch.Generator) -> Tensor:
     return q * torch.sign(torch.diagonal(r))
 
 
-class SVDMatrixOperator(MatrixOperator):
-    """A :class:`MatrixOperator` whose closed forms use its thin SVD ``A = U diag(s) V^T``, computed once.
-
-    ``MatrixOperator.prox_l2`` solves a (d, d) system on every call (d^3 flops: ~0.1 s at d = 800, called
-    once per step by PiGDM, DiffPIR, DAPS-exact and PnP-DM) and ``pinv`` recomputes ``pinv(A)``. Here,
-    with ``A^T y = V diag(s) U^T y`` in the span of V, the prox ``(A^T A + I / g)^{-1} (A^T y + z / g)`` is
-    ``z + V (c - V^T z)`` with ``c = (s U^T y + V^T z / g) / (s^2 + 1 / g)``: O(rows d m) and no
-    cancellation for large ``g``. Same values as the parent's to rounding; needs full row rank (m <= d).
-    """
-
-    def __init__(self, matrix: Tensor, in_shape=None):
-        super().__init__(matrix, in_shape)
-        u, s, vh = torch.linalg.svd(self.matrix, full_matrices=False)
-        if not bool((s > 0).all()):
-            raise ValueError("SVDMatrixOperator: the matrix must have full row rank")
-        self.register_buffer("_u", u)  # (m, m)
-        self.register_buffer("_s", s)  # (m,)
-        self.register_buffer("_vh", vh.contiguous())  # (m, d)
-        self.register_buffer("_pinv_t", (u / s) @ vh)  # pinv(A)^T = U diag(1/s) V^T, (m, d)
-
-    def pinv(self, y):
-        return (y @ self._pinv_t).reshape(y.shape[0], *self.in_shape)
-
-    def prox_l2(self, z, y, gamma):
-        zf = z.reshape(z.shape[0], -1)
-        g = torch.as_tensor(gamma, dtype=zf.dtype, device=zf.device).reshape(-1, 1)  # scalar or per row
-        zv = zf @ self._vh.T  # (rows, m)
-        c = ((y @ self._u) * self._s + zv / g) / (self._s**2 + 1.0 / g)
-        return torch.addmm(zf, c - zv, self._vh).reshape(z.shape)
-
-    def svd(self):
-        return self._u, self._s, self._vh
-
-
 @dataclass
 class GMMCase:
     """One random problem of the protocol."""
@@ -109,9 +75,9 @@ def make_case(d_x: int, d_y: int, seed: int, sigma_y: float | None = None,
     if sigma_y is None:
         sigma_y = float(torch.rand((), generator=g, dtype=torch.float64)) * float(s.max())
     x = prior.sample(1, generator=g)
-    problem = Problem.simulate(SVDMatrixOperator(a, (1, d_x)), x, Gaussian(sigma_y), generator=g)
+    problem = Problem.simulate(MatrixOperator(a, (1, d_x)), x, Gaussian(sigma_y), generator=g)
     if dtype != torch.float64:
-        problem = Problem(SVDMatrixOperator(a.to(dtype), (1, d_x)), problem.y.to(dtype), problem.noise,
+        problem = Problem(MatrixOperator(a.to(dtype), (1, d_x)), problem.y.to(dtype), problem.noise,
                           problem.image_shape, reference=x.to(dtype))
     return GMMCase(prior, problem, float(sigma_y), s, x)
 

@@ -24,7 +24,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import (  # noqa: E402
-    SVDMatrixOperator,
     grid_means,
     make_case,
     random_directions,
@@ -38,7 +37,6 @@ from benchmarks.gmm_posterior import (  # noqa: E402
     run_and_write,
     solver_config,
 )
-from sciprior.modalities.base import MatrixOperator  # noqa: E402
 from sciprior.priors.analytic import GaussianMixturePrior  # noqa: E402
 from sciprior.solvers.common import ItemNoise  # noqa: E402
 
@@ -131,26 +129,6 @@ def test_exact_sampler_and_sliced_wasserstein():
     assert math.isclose(sliced_wasserstein(x, x + shift, dirs), expected, rel_tol=1e-9)
     with pytest.raises(ValueError, match="equal"):
         sliced_wasserstein(x[:10], x[:11], dirs)
-
-
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_svd_matrix_operator_matches_matrix_operator(dtype):
-    op = make_case(80, 3, seed=6).problem.operator.to(dtype)
-    ref = MatrixOperator(op.matrix, (1, 80))
-    g = torch.Generator().manual_seed(1)
-    z = 5 * torch.randn(4, 1, 80, generator=g, dtype=torch.float64).to(dtype)
-    y = torch.randn(4, 3, generator=g, dtype=torch.float64).to(dtype)
-    tol = 1e-10 if dtype == torch.float64 else 1e-4
-    for gamma in (1e-3, 0.7, 50.0, torch.tensor([0.1, 1.0, 10.0, 100.0], dtype=dtype)):
-        want = (torch.stack([ref.prox_l2(z[i:i + 1], y[i:i + 1], float(gamma[i]))[0] for i in range(4)])
-                if isinstance(gamma, torch.Tensor) else ref.prox_l2(z, y, gamma))
-        got = op.prox_l2(z, y, gamma)
-        assert ((got - want).abs().max() / want.abs().max()) < tol
-    assert torch.allclose(op.pinv(y), ref.pinv(y), atol=tol)
-    u, s, vh = op.svd()
-    assert torch.allclose((u * s) @ vh, op.matrix, atol=tol)
-    with pytest.raises(ValueError, match="full row rank"):
-        SVDMatrixOperator(torch.zeros(2, 4))
 
 
 def test_item_noise_is_per_item_and_in_state_dtype():

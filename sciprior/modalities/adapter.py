@@ -249,24 +249,8 @@ class VolumeGrid:
         return int(self.data.shape[2])
 
     def slice_range(self, slices: Slices, key: str) -> tuple[int, int, bool]:
-        """``(start, stop, stack)`` of the axial slices selected by ``slices`` (see :data:`Slices`);
-        ``stack`` is True for a 3D block, False for one 2D slice."""
-        n = self.num_slices
-        if slices == "middle":
-            return n // 2, n // 2 + 1, False
-        if slices == "all":
-            return 0, n, True
-        if isinstance(slices, int) and not isinstance(slices, bool):
-            k = slices + n if slices < 0 else slices
-            if not 0 <= k < n:
-                raise InputError(f"{key}: slice {slices} is out of range for a volume with {n} axial slices")
-            return k, k + 1, False
-        start, stop = (int(v) for v in slices)
-        start, stop = (start + n if start < 0 else start), (stop + n if stop < 0 else stop)
-        if not 0 <= start < stop <= n:
-            raise InputError(f"{key}: slice range {tuple(slices)} is empty or out of range for a volume "
-                             f"with {n} axial slices")
-        return start, stop, True
+        """``(start, stop, stack)`` of the axial slices selected by ``slices`` (see :func:`select_slices`)."""
+        return select_slices(slices, self.num_slices, key, "a volume with {n} axial slices")
 
     def planes(self, start: int, stop: int) -> np.ndarray:
         """Axial slices ``start..stop-1`` as ``(D, H, W)``: rows anterior -> posterior, columns R -> L."""
@@ -354,6 +338,27 @@ class ImageStack:
     @property
     def pixel_spacing(self) -> tuple[float, float]:
         return self.plane_grid.pixel_spacing(self.grid)
+
+
+def select_slices(slices: Slices, n: int, key: str, what: str = "a volume with {n} slices") -> tuple[int, int, bool]:
+    """``(start, stop, stack)`` of the slices selected by ``slices`` (see :data:`Slices`) out of ``n``;
+    ``stack`` is True for a 3D block, False for one 2D slice. Negative indices count from the end.
+    Out-of-range selections raise :class:`InputError` naming ``key`` and ``what`` (formatted with ``n``)."""
+    where = what.format(n=n)
+    if slices == "middle":
+        return n // 2, n // 2 + 1, False
+    if slices == "all":
+        return 0, n, True
+    if isinstance(slices, int) and not isinstance(slices, bool):
+        k = slices + n if slices < 0 else slices
+        if not 0 <= k < n:
+            raise InputError(f"{key}: slice {slices} is out of range for {where}")
+        return k, k + 1, False
+    start, stop = (int(v) for v in slices)
+    start, stop = (start + n if start < 0 else start), (stop + n if stop < 0 else stop)
+    if not 0 <= start < stop <= n:
+        raise InputError(f"{key}: slice range {tuple(slices)} is empty or out of range for {where}")
+    return start, stop, True
 
 
 def cut_stack(grid: VolumeGrid, slices: Slices, image_size: int | tuple[int, int] | None, pad_to_square: bool,

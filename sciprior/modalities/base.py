@@ -179,7 +179,7 @@ class LinearOperator(Operator):
         raise NotImplementedError(f"{self.name} has no closed-form proximal operator")
 
     def svd(self):
-        """Return ``(U, s, V)`` callables/tensors for a closed-form SVD (optional)."""
+        """Closed-form thin SVD ``A = U diag(s) Vh`` as tensors ``(U, s, Vh)`` (torch's convention; optional)."""
         raise NotImplementedError(f"{self.name} has no closed-form SVD")
 
     # --- algebra ----------------------------------------------------------------------------
@@ -514,10 +514,14 @@ def gaussian_kernel(size: int, std: float, ndim: int = 2) -> Tensor:
 class MatrixOperator(LinearOperator):
     """A dense matrix acting on the flattened image: ``y = (x.flatten() @ M.T)``. Test/analytic use.
 
+    The closed forms (``pinv``, ``prox_l2``, ``svd``) use the thin SVD ``M = U diag(s) V^T``, computed
+    once on first use and recomputed only if the matrix changes (device, dtype or in-place edit).
+    Singular values below ``rcond * max(s)`` are treated as zero (rank-deficient matrices are fine).
+
     Args: matrix ``(m, d)``; in_shape whose product is ``d``. Output shape ``(m,)``.
     """
 
-    def __init__(self, matrix: Tensor, in_shape: Sequence[int] | None = None):
+    def __init__(self, matrix: Tensor, in_shape: Sequence[int] | None = None, rcond: float | None = None):
         matrix = torch.as_tensor(matrix)
         m, d = matrix.shape
         in_shape = tuple(in_shape) if in_shape is not None else (d,)
@@ -525,6 +529,9 @@ class MatrixOperator(LinearOperator):
             raise ValueError(f"MatrixOperator: matrix with {d} columns does not fit image shape {in_shape}")
         super().__init__(in_shape, (m,))
         self.register_buffer("matrix", matrix)
+        self.rcond = rcond
+        self._svd_key: tuple | None = None
+        self._svd_factors: tuple[Tensor, Tensor, Tensor] | None = None
 
     def forward(self, x):
         self.check_input(x)
@@ -534,18 +541,35 @@ class MatrixOperator(LinearOperator):
         self.check_measurement(y)
         return (y @ self.matrix).reshape(y.shape[0], *self.in_shape)
 
+    def _thin_svd(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(U, s, Vh)`` restricted to the numerically nonzero singular values, cached."""
+        mat = self.matrix
+        key = (mat.data_ptr(), mat._version, mat.dtype, mat.device)
+        if self._svd_key != key or self._svd_factors is None:
+            u, s, vh = torch.linalg.svd(mat, full_matrices=False)
+            rcond = self.rcond if self.rcond is not None else max(mat.shape) * torch.finfo(s.dtype).eps
+            keep = s > rcond * (s[0] if s.numel() else 0)
+            self._svd_factors = (u[:, keep].contiguous(), s[keep].contiguous(), vh[keep].contiguous())
+            self._svd_key = key
+        return self._svd_factors
+
     def pinv(self, y):
-        return (y @ torch.linalg.pinv(self.matrix).T).reshape(y.shape[0], *self.in_shape)
+        u, s, vh = self._thin_svd()
+        return (((y @ u) / s) @ vh).reshape(y.shape[0], *self.in_shape)
 
     def prox_l2(self, z, y, gamma):
-        g = float(gamma)
-        d = self.matrix.shape[1]
-        lhs = self.matrix.T @ self.matrix + torch.eye(d, dtype=self.matrix.dtype, device=self.matrix.device) / g
-        rhs = y @ self.matrix + z.reshape(z.shape[0], -1) / g
-        return torch.linalg.solve(lhs, rhs.T).T.reshape(z.shape)
+        """``argmin_x 0.5 ||M x - y||^2 + ||x - z||^2 / (2 gamma)`` (``gamma`` scalar or per row):
+        ``z + V (c - V^T z)`` with ``c = (s U^T y + V^T z / gamma) / (s^2 + 1 / gamma)``."""
+        u, s, vh = self._thin_svd()
+        zf = z.reshape(z.shape[0], -1)
+        g = torch.as_tensor(gamma, dtype=zf.dtype, device=zf.device).reshape(-1, 1)
+        zv = zf @ vh.T
+        c = ((y @ u) * s + zv / g) / (s**2 + 1.0 / g)
+        return (zf + (c - zv) @ vh).reshape(z.shape)
 
     def svd(self):
-        return torch.linalg.svd(self.matrix, full_matrices=False)
+        """``(U, s, Vh)`` of the thin SVD (torch's convention; zero singular values dropped)."""
+        return self._thin_svd()
 
 
 def operator_matrix(op: LinearOperator, in_shape: Sequence[int] | None = None,

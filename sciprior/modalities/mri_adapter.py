@@ -54,6 +54,7 @@ from sciprior.modalities.adapter import (
     planned_size,
     read_nifti,
     resolve_input,
+    select_slices,
     stack_operator,
     stack_to_file_order,
     window_map,
@@ -310,7 +311,7 @@ class MRIAdapter(ModalityAdapter):
             if "kspace" not in f:
                 raise InputError(f"input: {str(path)!r} has no 'kspace' dataset")
             n = int(f["kspace"].shape[0])
-        start, stop, stack = _fastmri_slices(self.slices, n, "modality.init_args.slices")
+        start, stop, stack = select_slices(self.slices, n, "modality.init_args.slices", "a file with {n} slices")
         vol = read_fastmri(path, slices=list(range(start, stop)))
         k = vol.kspace  # (S, C, H, W) complex64
         s_, c, h, w = k.shape
@@ -531,23 +532,6 @@ def _full_adjoint(base: MultiCoilMRI, k: Tensor) -> Tensor:
     """SENSE combination of fully sampled k-space ``k`` (1, C, H, W): ``S^H F^H k`` (no mask)."""
     full = MultiCoilMRI(base.maps, torch.ones(base.image_size[1], device=k.device))
     return full.adjoint(k)
-
-
-def _fastmri_slices(slices: Slices, n: int, key: str) -> tuple[int, int, bool]:
-    if slices == "middle":
-        return n // 2, n // 2 + 1, False
-    if slices == "all":
-        return 0, n, True
-    if isinstance(slices, int) and not isinstance(slices, bool):
-        k = slices + n if slices < 0 else slices
-        if not 0 <= k < n:
-            raise InputError(f"{key}: slice {slices} is out of range for a file with {n} slices")
-        return k, k + 1, False
-    a, b = (int(v) for v in slices)
-    a, b = (a + n if a < 0 else a), (b + n if b < 0 else b)
-    if not 0 <= a < b <= n:
-        raise InputError(f"{key}: slice range {tuple(slices)} is empty or out of range for a file with {n} slices")
-    return a, b, True
 
 
 __all__ = ["MRIAdapter", "RealToComplex", "default_center_fraction"]
