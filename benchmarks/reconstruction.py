@@ -86,8 +86,8 @@ from sciprior.priors.base import CountingDenoiser, Denoiser  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "docs" / "benchmarks" / "reconstruction.md"
 
-#: CT settings of configs/ct/sparse_view.yaml
-CT_SETTINGS = dict(geometry="parallel", n_views=60, angular_range=180.0, i0=1.0e5, sigma=0.0,
+#: CT settings of configs/ct/sparse_view_30.yaml (--ct-views 60: configs/ct/sparse_view.yaml)
+CT_SETTINGS = dict(geometry="parallel", n_views=30, angular_range=180.0, i0=1.0e5, sigma=0.0,
                    hu_window=(-1024.0, 3071.0), fbp_filter="ram-lak")
 #: MRI settings of configs/mri/accel_4x.yaml
 MRI_SETTINGS = dict(acceleration=4.0, center_fraction=0.08, mask_type="random", num_coils=8, sigma=0.005,
@@ -110,7 +110,10 @@ SOLVERS = ("dps", "dds", "diffpir", "reddiff", "daps", "pigdm", "ddnm", "pnpdm")
 DEEPINV = ("deepinv-dps", "deepinv-dps-annealed", "deepinv-diffpir")
 DAPS_ODE_STEPS = 4
 TV_LAMS = [10.0 ** (k / 2) for k in range(-10, 0)]  # 1e-5 .. 0.03, half decades (then refined)
-TV_ITERS = 300
+TV_ITERS = 1000
+#: Chambolle-Pock tau / sigma per task, checked on the tuning problems: MRI (||A|| = 1 << ||grad||) needs a
+#: larger primal step (ratio 1 was still 5 dB from convergence after 300 iterations); CT is converged with 1
+TV_STEP_RATIO = {"ct": 1.0, "mri": 10.0}
 CGLS_MAX_ITERS = 100
 #: methods that backpropagate through the denoiser: cost per NFE relative to a plain call (deadline estimates)
 GRADIENT_METHODS = ("dps", "deepinv-dps", "deepinv-dps-annealed")
@@ -171,8 +174,11 @@ def _ct_crop_inputs(crops: Sequence[tuple[int, int]], size: int, tmp: Path) -> d
     return out
 
 
-def make_task(name: str, quick: bool, ct_size: int, problems: int | None) -> Task:
+def make_task(name: str, quick: bool, ct_size: int, problems: int | None, ct_views: int | None = None) -> Task:
     if name == "ct":
+        views = int(ct_views or CT_SETTINGS["n_views"])
+        ct_settings = {**CT_SETTINGS, "n_views": views}
+        ct_title = f"CT sparse view ({views} parallel views over 180 degrees, i0 = 1e5)"
         from sciprior.modalities.ct_adapter import CTAdapter
 
         if ct_size == 256:
@@ -180,12 +186,12 @@ def make_task(name: str, quick: bool, ct_size: int, problems: int | None) -> Tas
             wheres = list(range(n))
 
             def adapter_for(seed, where):
-                return CTAdapter(**CT_SETTINGS, image_size=256, slices="middle", sim_seed=seed)
+                return CTAdapter(**ct_settings, image_size=256, slices="middle", sim_seed=seed)
 
             def input_for(where):
                 return "sample:head_ct"
 
-            return Task("ct", "CT sparse view (60 parallel views over 180 degrees, i0 = 1e5)", adapter_for,
+            return Task("ct", ct_title, adapter_for,
                         input_for, wheres, None, CT_TUNE_SEED,
                         "sample:head_ct, full 256 x 256 slice at 0.957 mm (the demo problem), noise seeds "
                         f"0..{n - 1}; TV/CGLS tuned on noise seed {CT_TUNE_SEED}", "FBP")
@@ -198,13 +204,13 @@ def make_task(name: str, quick: bool, ct_size: int, problems: int | None) -> Tas
         paths = _ct_crop_inputs(CT_CROPS[:n] + [CT_TUNE_CROP], 128, Path(tmp.name))
 
         def adapter_for(seed, where):
-            return CTAdapter(**CT_SETTINGS, image_size=None, slices="middle", sim_seed=seed)
+            return CTAdapter(**ct_settings, image_size=None, slices="middle", sim_seed=seed)
 
         def input_for(where):
             return paths[where]
 
         crops = ", ".join(f"({t}, {c})" for t, c in CT_CROPS[:n])
-        task = Task("ct", "CT sparse view (60 parallel views over 180 degrees, i0 = 1e5)", adapter_for, input_for,
+        task = Task("ct", ct_title, adapter_for, input_for,
                     CT_CROPS[:n], CT_TUNE_CROP, CT_TUNE_SEED,
                     f"sample:head_ct at 0.957 mm (256 x 256 as in the demo config), 128 x 128 crops with "
                     f"top-left (row, column) {crops}, noise seed = problem index; TV/CGLS tuned on the crop "
@@ -302,7 +308,7 @@ def score(x: Tensor, ref: Tensor) -> dict[str, float]:
     return {"psnr": float(s["psnr"]), "ssim": float(s["ssim"])}
 
 
-def tune_baselines(case: Case, log: Callable[[str], None]) -> dict[str, Any]:
+def tune_baselines(case: Case, log: Callable[[str], None], step_ratio: float = 1.0) -> dict[str, Any]:
     """TV ``lam`` (best PSNR over ``TV_LAMS``) and CGLS iterations (best PSNR over the first
     ``CGLS_MAX_ITERS``) on the tuning problem."""
     from sciprior.solvers.classical import cgls, tv_pdhg
@@ -310,12 +316,12 @@ def tune_baselines(case: Case, log: Callable[[str], None]) -> dict[str, Any]:
     ref = case.problem.reference
     tv_scores = {}
     for lam in TV_LAMS:
-        r = tv_pdhg(case.problem, lam=lam, iters=TV_ITERS)
+        r = tv_pdhg(case.problem, lam=lam, iters=TV_ITERS, step_ratio=step_ratio)
         tv_scores[lam] = score(r.mean, ref)["psnr"]
     best_lam = max(tv_scores, key=tv_scores.get)
     # refine by a quarter decade on each side
     for lam in (best_lam * 10 ** -0.25, best_lam * 10 ** 0.25):
-        r = tv_pdhg(case.problem, lam=lam, iters=TV_ITERS)
+        r = tv_pdhg(case.problem, lam=lam, iters=TV_ITERS, step_ratio=step_ratio)
         tv_scores[lam] = score(r.mean, ref)["psnr"]
     best_lam = max(tv_scores, key=tv_scores.get)
     trace: list[float] = []
@@ -324,7 +330,7 @@ def tune_baselines(case: Case, log: Callable[[str], None]) -> dict[str, Any]:
     best_it = int(np.argmax(trace)) + 1
     log(f"  tuned on {case.name}: TV lam = {best_lam:.3g} ({tv_scores[best_lam]:.2f} dB), "
         f"CGLS iters = {best_it} ({trace[best_it - 1]:.2f} dB)")
-    return {"tv_lam": best_lam, "tv_iters": TV_ITERS, "tv_psnr": tv_scores[best_lam],
+    return {"tv_lam": best_lam, "tv_iters": TV_ITERS, "tv_step_ratio": step_ratio, "tv_psnr": tv_scores[best_lam],
             "tv_grid": {f"{k:.3g}": round(v, 3) for k, v in sorted(tv_scores.items())},
             "cgls_iters": best_it, "cgls_psnr": trace[best_it - 1]}
 
@@ -337,7 +343,8 @@ def run_baseline(name: str, case: Case, tuned: dict[str, Any]) -> tuple[Tensor, 
             return case.adapter.baseline(case.problem, case.context), 0
     if name == "cgls":
         return cgls(case.problem, iters=tuned["cgls_iters"], tol=0.0).mean, 0
-    return tv_pdhg(case.problem, lam=tuned["tv_lam"], iters=tuned["tv_iters"]).mean, 0
+    return tv_pdhg(case.problem, lam=tuned["tv_lam"], iters=tuned["tv_iters"],
+                   step_ratio=tuned.get("tv_step_ratio", 1.0)).mean, 0
 
 
 def run_solver(name: str, den: Denoiser, case: Case, settings: dict[str, Any]) -> tuple[Tensor, int]:
@@ -473,7 +480,7 @@ def run_task(task: Task, methods: Sequence[tuple[str, int | None]], checkpoint: 
     else:
         log(f"[{task.name}] tuning problem")
         tune_case = load_case(task, task.tune_where, task.tune_seed, "tuning")
-        tuned = tune_baselines(tune_case, log)
+        tuned = tune_baselines(tune_case, log, TV_STEP_RATIO[task.name])
     cases_meta = [(w, k) for k, w in enumerate(task.wheres) if only is None or k in only]
     den, prior_info = None, None
     results: dict[str, MethodResult] = {}
@@ -483,7 +490,8 @@ def run_task(task: Task, methods: Sequence[tuple[str, int | None]], checkpoint: 
         if name in SOLVERS:
             mr.settings = solver_settings(name, nfe, overrides)
         elif name == "tv":
-            mr.settings = {"lam": tuned["tv_lam"], "iters": tuned["tv_iters"]}
+            mr.settings = {"lam": tuned["tv_lam"], "iters": tuned["tv_iters"],
+                           "step_ratio": tuned.get("tv_step_ratio", 1.0)}
         elif name == "cgls":
             mr.settings = {"iters": tuned["cgls_iters"]}
         elif name in DEEPINV:
@@ -745,7 +753,8 @@ def render_markdown(payloads: Sequence[dict[str, Any]], command: str, date: str,
                   f", roi {(p.get('prior') or {}).get('roi')}, overlap {(p.get('prior') or {}).get('overlap')})"
                   f"{_trained((p.get('prior') or {}).get('checkpoint'))}",
                   f"- tuned on the tuning problem: TV lam = {p['tuning']['tv_lam']:.3g} ({p['tuning']['tv_iters']} "
-                  f"iterations; grid {p['tuning']['tv_grid']}), CGLS stopped at {p['tuning']['cgls_iters']} "
+                  f"iterations, step ratio {p['tuning'].get('tv_step_ratio', 1.0):g}; grid {p['tuning']['tv_grid']}), "
+                  f"CGLS stopped at {p['tuning']['cgls_iters']} "
                   "iterations",
                   f"- task wall time {p['seconds']:.0f} s; load average at the end {p.get('load_average')}", "",
                   "| method | PSNR [dB] | SSIM | NFE | time / problem [s] | problems (n: which) | settings |",
@@ -802,13 +811,14 @@ def _short(v: Any) -> str:
 NOTES = [
     "- Held-out data: CT problems come from `sample:head_ct` (pydicom-data `693_UNCR.dcm`), the CT prior's "
     "validation slice, never trained on (the CT prior trains on `J2K_pixelrep_mismatch.dcm`, "
-    "`explicit_VR-UN.dcm`, `CT_small.dcm`). The other real CT files installed with pydicom/pydicom-data were "
-    "checked and not used: `693_UNCI`/`693_J2KI`/`693_J2KR` are copies of the same slice, `eCT_Supplemental.dcm` "
-    "is a derived perfusion (rCBF) map, not an attenuation image, and `bad_sequence.dcm` (neck) needs a JPEG-"
-    "lossless decoder (pylibjpeg/gdcm) the project does not install. MRI problems are MNI152 slices from the "
+    "`explicit_VR-UN.dcm`, `CT_small.dcm`, `bad_sequence.dcm`). The other real CT files installed with "
+    "pydicom/pydicom-data were checked and not used: `693_UNCI`/`693_J2KI`/`693_J2KR` are copies of the held-out "
+    "slice and `eCT_Supplemental.dcm` is a derived perfusion (rCBF) map, not an attenuation image. MRI problems "
+    "are MNI152 slices from the "
     "held-out slab 74..90 of `configs/mri/train.yaml` (the prior never saw 70..94).",
-    "- CT deviation from the demo config (when the problems are 128 x 128 crops): same physics (60 parallel "
-    "views over 180 degrees, i0 = 1e5 photons, post-log WLS, HU window [-1024, 3071], 0.957 mm pixels, "
+    "- CT deviation from the demo configs (when the problems are 128 x 128 crops): same physics (parallel "
+    "views over 180 degrees, as many as the task title says, i0 = 1e5 photons, post-log WLS, HU window "
+    "[-1024, 3071], 0.957 mm pixels, "
     "patch prior with 64 x 64 windows and overlap 0.25) on a 128 x 128 crop of the slice (9 windows per "
     "denoiser call instead of 25), so that DPS at 500 NFE (a backward pass through every window at every "
     "step) fits the CPU budget. Each crop is simulated as the whole object (no truncation).",
@@ -858,6 +868,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "processes (merge the JSON files with --render)")
     ap.add_argument("--ct-size", type=int, default=128, choices=[128, 256],
                     help="128: crops of the held-out slice; 256: the full slice (the demo problem)")
+    ap.add_argument("--ct-views", type=int, default=None,
+                    help=f"CT views over 180 degrees (default {CT_SETTINGS['n_views']})")
     ap.add_argument("--ct-prior", default="builtin:ct", help="CT prior checkpoint (default builtin:ct)")
     ap.add_argument("--mri-prior", default="builtin:mri", help="MRI prior checkpoint (default builtin:mri)")
     ap.add_argument("--set", nargs="*", default=[], metavar="SOLVER.KEY=VALUE", help="solver setting overrides")
@@ -904,7 +916,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     payloads = []
     for name in args.tasks:
-        task = make_task(name, args.quick, args.ct_size, args.problems)
+        task = make_task(name, args.quick, args.ct_size, args.problems, args.ct_views)
         ckpt = args.ct_prior if name == "ct" else args.mri_prior
         out_dir = args.out.parent
         json_out = None

@@ -24,6 +24,7 @@ import dataclasses
 import inspect
 import math
 import os
+import time
 import typing
 from collections.abc import Sequence
 from pathlib import Path
@@ -398,6 +399,22 @@ class ExportPrior(Callback):
         self.dirpath, self.every_n_epochs, self.enabled = dirpath, int(every_n_epochs), bool(enabled)
         self.train_config: dict[str, Any] | None = None  # set by the CLI: the resolved training config
         self.last_path: Path | None = None
+        self._fit_start: float | None = None
+        self.previous_seconds = 0.0  # wall time of earlier runs of a resumed training (from the checkpoint)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._fit_start = time.perf_counter()
+
+    def train_seconds(self) -> float:
+        """Wall seconds of training so far: this run plus the runs it resumed."""
+        now = time.perf_counter() - self._fit_start if self._fit_start is not None else 0.0
+        return self.previous_seconds + now
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_seconds": self.train_seconds()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.previous_seconds = float(state_dict.get("train_seconds", 0.0))
 
     def target(self, trainer: pl.Trainer) -> Path:
         if self.dirpath is not None:
@@ -415,6 +432,9 @@ class ExportPrior(Callback):
                 "global_step": int(trainer.global_step),
                 "epoch": int(trainer.current_epoch),
                 "ema": ema_module(trainer) is not None,
+                "train_seconds": round(self.train_seconds(), 1),
+                "devices": int(trainer.num_devices) * int(trainer.num_nodes),
+                "accelerator": type(trainer.accelerator).__name__,
                 "hparams": _plain(
                     {k: v for k, v in pl_module.hparams.items() if k != "network" and not k.startswith("_")}
                 ),

@@ -45,6 +45,8 @@ def test_train_exports_a_loadable_prior(tmp_path: Path, volumes: list[Path]):
     cfg = read_config(run / "prior")
     assert cfg["metadata"]["training"]["global_step"] == 3
     assert cfg["metadata"]["training"]["ema"] is True
+    assert cfg["metadata"]["training"]["train_seconds"] > 0
+    assert cfg["metadata"]["training"]["devices"] == 1
     assert cfg["metadata"]["data"]["val_files"] == [str(volumes[-1])]
     assert cfg["metadata"]["train_config"]["model"]["network"]["channels"] == [8, 8]
     assert prior.image_shape == (1, 16, 16)
@@ -102,6 +104,11 @@ def test_resume_continues_exactly(tmp_path: Path, volumes: list[Path]):
         load_checkpoint(tmp_path / "stop2" / "prior"),
     )
     assert any(not torch.equal(u, v) for u, v in zip(p2.net.parameters(), p4.net.parameters()))
+    # the training time of a resumed run adds to the time stored in the checkpoint it resumed from
+    first = _ckpt(tmp_path / "stop2" / "first.ckpt")["callbacks"]
+    (saved,) = [v["train_seconds"] for k, v in first.items() if k.startswith("ExportPrior")]
+    t4 = read_config(tmp_path / "stop2" / "prior")["metadata"]["training"]["train_seconds"]
+    assert 0 < saved < t4
 
 
 def test_yaml_typo_fails_naming_the_key(tmp_path: Path, volumes: list[Path], capsys):
