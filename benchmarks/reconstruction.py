@@ -263,16 +263,21 @@ def load_denoiser(task: Task, case: Case, checkpoint: str) -> tuple[Denoiser, di
 # --------------------------------------------------------------------------------------------
 
 
-def parse_method(spec: str) -> tuple[str, int | None]:
+def parse_method(spec: str) -> tuple[str, int | None, int]:
+    """``NAME[:NFE[xK]]`` -> (name, NFE per posterior sample, K samples averaged into the estimate)."""
     name, _, nfe = spec.partition(":")
     name = name.strip().lower()
+    nfe, _, k = nfe.partition("x")
+    samples = int(k) if k else 1
+    if samples < 1 or (samples > 1 and name not in SOLVERS):
+        raise SystemExit(f"--methods {spec}: xK (K posterior samples averaged) is for sciprior solvers, K >= 1")
     if name not in BASELINES + SOLVERS + DEEPINV:
         raise SystemExit(f"--methods: unknown method {name!r}; choose from {', '.join(BASELINES + SOLVERS + DEEPINV)}")
     if name in BASELINES:
-        return name, None
+        return name, None, 1
     if not nfe:
         raise SystemExit(f"--methods: {name} needs an NFE budget, e.g. {name}:50")
-    return name, int(nfe)
+    return name, int(nfe), samples
 
 
 def solver_settings(name: str, nfe: int, overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -287,7 +292,7 @@ def solver_settings(name: str, nfe: int, overrides: dict[str, dict[str, Any]]) -
     return s
 
 
-def method_label(name: str, nfe: int | None, baseline_label: str) -> str:
+def method_label(name: str, nfe: int | None, baseline_label: str, samples: int = 1) -> str:
     if name == "baseline":
         return baseline_label
     if name == "cgls":
@@ -298,7 +303,7 @@ def method_label(name: str, nfe: int | None, baseline_label: str) -> str:
               "pigdm": "PiGDM", "ddnm": "DDNM", "pnpdm": "PnP-DM", "deepinv-dps": "deepinv DPS",
               "deepinv-dps-annealed": "deepinv DPS annealed",
               "deepinv-diffpir": "deepinv DiffPIR"}[name]
-    return f"{pretty} ({nfe})"
+    return f"{pretty} ({nfe})" if samples == 1 else f"{pretty} ({nfe}), mean of {samples} samples"
 
 
 def score(x: Tensor, ref: Tensor) -> dict[str, float]:
@@ -347,13 +352,15 @@ def run_baseline(name: str, case: Case, tuned: dict[str, Any]) -> tuple[Tensor, 
                    step_ratio=tuned.get("tv_step_ratio", 1.0)).mean, 0
 
 
-def run_solver(name: str, den: Denoiser, case: Case, settings: dict[str, Any]) -> tuple[Tensor, int]:
+def run_solver(name: str, den: Denoiser, case: Case, settings: dict[str, Any],
+               samples: int = 1) -> tuple[Tensor, int]:
+    """The solver's estimate (the mean of ``samples`` posterior samples) and the NFE it cost in total."""
     from sciprior.solvers import get_solver
 
     fn = get_solver(name)
-    res = fn(den, case.problem, num_samples=1, seeds=[case.seed] * case.problem.batch_size, progress=False,
+    res = fn(den, case.problem, num_samples=samples, seeds=[case.seed] * case.problem.batch_size, progress=False,
              **settings)
-    return res.mean, int(res.nfe)
+    return res.mean, int(res.nfe) * samples
 
 
 # --------------------------------------------------------------------------------------------
@@ -458,7 +465,8 @@ def run_deepinv(name: str, den: Denoiser, case: Case, nfe: int) -> tuple[Tensor,
 class MethodResult:
     label: str
     name: str
-    nfe_budget: int | None
+    nfe_budget: int | None  # total: per-sample NFE x samples
+    samples: int = 1
     settings: dict[str, Any] = field(default_factory=dict)
     psnr: list[float] = field(default_factory=list)
     ssim: list[float] = field(default_factory=list)
@@ -468,7 +476,7 @@ class MethodResult:
     error: str | None = None
 
 
-def run_task(task: Task, methods: Sequence[tuple[str, int | None]], checkpoint: str,
+def run_task(task: Task, methods: Sequence[tuple[str, int | None, int]], checkpoint: str,
              overrides: dict[str, dict[str, Any]], json_out: Path | None, figure: Path | None,
              deadline: float | None, log: Callable[[str], None],
              only: Sequence[int] | None = None, reuse_tuning: Path | None = None,
@@ -484,11 +492,13 @@ def run_task(task: Task, methods: Sequence[tuple[str, int | None]], checkpoint: 
     cases_meta = [(w, k) for k, w in enumerate(task.wheres) if only is None or k in only]
     den, prior_info = None, None
     results: dict[str, MethodResult] = {}
-    for name, nfe in methods:
-        label = method_label(name, nfe, task.baseline_label)
-        mr = MethodResult(label, name, nfe)
+    for name, nfe, samples in methods:
+        label = method_label(name, nfe, task.baseline_label, samples)
+        mr = MethodResult(label, name, None if nfe is None else nfe * samples, samples)
         if name in SOLVERS:
             mr.settings = solver_settings(name, nfe, overrides)
+            if samples > 1:
+                mr.settings["num_samples"] = samples
         elif name == "tv":
             mr.settings = {"lam": tuned["tv_lam"], "iters": tuned["tv_iters"],
                            "step_ratio": tuned.get("tv_step_ratio", 1.0)}
@@ -545,7 +555,8 @@ def run_task(task: Task, methods: Sequence[tuple[str, int | None]], checkpoint: 
                 if mr.name in BASELINES:
                     x, nfe = run_baseline(mr.name, case, tuned)
                 elif mr.name in SOLVERS:
-                    x, nfe = run_solver(mr.name, den, case, mr.settings)
+                    x, nfe = run_solver(mr.name, den, case,
+                                        {k: v for k, v in mr.settings.items() if k != "num_samples"}, mr.samples)
                 else:
                     x, nfe = run_deepinv(mr.name, den, case, mr.nfe_budget)
             except Exception as e:  # a failing method is reported, not fatal
