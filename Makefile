@@ -2,7 +2,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test test-slow lint demo bench-gmm bench-operators
+.PHONY: setup setup-bench test test-slow lint demo train-priors bench-priors bench-training bench-reconstruction \
+	bench-gmm bench-operators
 
 setup:
 	bash scripts/setup.sh
@@ -23,5 +24,33 @@ demo: setup
 bench-gmm: setup
 	$(PY) benchmarks/gmm_posterior.py
 
-bench-operators:
+# peers (deepinv, ASTRA, sigpy) in their own venv: deepinv upgrades torch (from PyPI: a large download) and
+# pulls torchvision
+setup-bench:
+	VENV=.venv-bench bash scripts/setup.sh
+	.venv-bench/bin/python -m pip install -q -e ".[bench]"
+
+# the shipped demo priors, from scratch (~75 min on 2 CPU cores when both run at once, 1 thread each);
+# then install them into sciprior/assets/priors and regenerate docs/priors.md
+train-priors: setup
+	OMP_NUM_THREADS=1 $(VENV)/bin/sciprior train configs/ct/train.yaml --export.dirpath runs/ct_prior/export & \
+	OMP_NUM_THREADS=1 $(VENV)/bin/sciprior train configs/mri/train.yaml --export.dirpath runs/mri_prior/export & \
+	wait
+	for m in ct mri; do cp runs/$$m''_prior/export/config.yaml runs/$$m''_prior/export/model.safetensors \
+		sciprior/assets/priors/$$m/; done
+
+bench-priors: setup
+	OMP_NUM_THREADS=1 $(PY) benchmarks/prior_quality.py --prior all --out docs
+
+bench-training: setup
+	$(PY) benchmarks/training.py
+
+# ~35 min on 2 cores (CT and MRI in parallel, 1 thread each); writes docs/benchmarks/reconstruction.md
+bench-reconstruction: setup-bench
+	OMP_NUM_THREADS=1 .venv-bench/bin/python benchmarks/reconstruction.py --tasks ct --json runs/bench/ct.json --no-write & \
+	OMP_NUM_THREADS=1 .venv-bench/bin/python benchmarks/reconstruction.py --tasks mri --json runs/bench/mri.json --no-write & \
+	wait
+	.venv-bench/bin/python benchmarks/reconstruction.py --render runs/bench/ct.json runs/bench/mri.json
+
+bench-operators: setup-bench
 	.venv-bench/bin/python benchmarks/operators.py --threads 1 2 --omp-wait-policy PASSIVE --json docs/benchmarks/operators.json

@@ -101,8 +101,8 @@ MRI_TUNE_SLICE = 74
 
 #: method label syntax on the command line: NAME:NFE (NFE ignored for baselines)
 #: run order = priority (what the goals need first); the tables sort by method family and NFE
-FULL_METHODS = ["baseline", "cgls", "tv", "dds:50", "dps:500", "dds:20", "diffpir:100", "reddiff:100", "daps:100",
-                "deepinv-dps:100", "deepinv-diffpir:100", "dps:100"]
+FULL_METHODS = ["baseline", "cgls", "tv", "dds:50", "dps:500", "dds:20", "dds:50x4", "diffpir:100", "reddiff:100",
+                "daps:100", "deepinv-dps:100", "deepinv-dps-annealed:100", "deepinv-diffpir:100", "dps:100"]
 QUICK_METHODS = ["baseline", "cgls", "tv", "dds:20", "dps:50", "diffpir:20", "deepinv-dps:20",
                  "deepinv-diffpir:20"]
 BASELINES = ("baseline", "cgls", "tv")
