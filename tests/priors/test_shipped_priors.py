@@ -29,8 +29,8 @@ from benchmarks import prior_quality as pq  # noqa: E402
 from sciprior.priors.checkpoint import CONFIG, FORMAT, WEIGHTS, load_checkpoint  # noqa: E402
 from sciprior.priors.edm import EDMDenoiser  # noqa: E402
 
-#: noise levels checked (prior units, the [-1, 1] image domain); a subset of the doc's list
-TEST_SIGMAS = (0.05, 0.2, 1.0)
+#: noise levels checked (prior units, the [-1, 1] image domain): the doc's whole fixed list
+TEST_SIGMAS = pq.SIGMAS
 #: held-out examples checked per prior (evenly spread over the validation set)
 NUM_EXAMPLES = 6
 
