@@ -47,10 +47,10 @@ bench-training: setup
 
 # ~35 min on 2 cores (CT and MRI in parallel, 1 thread each); writes docs/benchmarks/reconstruction.md
 bench-reconstruction: setup-bench
-	OMP_NUM_THREADS=1 .venv-bench/bin/python benchmarks/reconstruction.py --tasks ct --json runs/bench/ct.json --no-write & \
-	OMP_NUM_THREADS=1 .venv-bench/bin/python benchmarks/reconstruction.py --tasks mri --json runs/bench/mri.json --no-write & \
+	OMP_NUM_THREADS=1 .venv-bench/bin/python benchmarks/reconstruction.py --tasks ct --json docs/benchmarks/reconstruction_ct.json --no-write & \
+	OMP_NUM_THREADS=1 .venv-bench/bin/python benchmarks/reconstruction.py --tasks mri --json docs/benchmarks/reconstruction_mri.json --no-write & \
 	wait
-	.venv-bench/bin/python benchmarks/reconstruction.py --render runs/bench/ct.json runs/bench/mri.json
+	.venv-bench/bin/python benchmarks/reconstruction.py --render docs/benchmarks/reconstruction_ct.json docs/benchmarks/reconstruction_mri.json
 
 bench-operators: setup-bench
 	.venv-bench/bin/python benchmarks/operators.py --threads 1 2 --omp-wait-policy PASSIVE --json docs/benchmarks/operators.json
