@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from benchmarks._timing import cpu_model
 from sciprior.io import write_text_atomic
 from sciprior.modalities.base import MatrixOperator
 from sciprior.modalities.noise import Gaussian, Problem
@@ -115,15 +116,7 @@ def random_directions(num: int, d: int, generator: torch.Generator) -> Tensor:
 
 def machine_info() -> str:
     """One line: CPU model, cores, OS, Python and torch versions."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
+    return (f"{cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
             f"{platform.system()} {platform.release()}, Python {platform.python_version()}, "
             f"torch {torch.__version__}")
 

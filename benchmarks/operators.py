@@ -51,6 +51,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks._timing` impo
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._timing import (  # noqa: E402
+    cpu_model,
     interleaved,
     limit_threads,
     load_average,
@@ -506,15 +507,7 @@ def run_case(case: str, threads: int, repeats: int, warmup: int, budget: float) 
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "os": f"{platform.system()} {platform.release()}",
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "os": f"{platform.system()} {platform.release()}",
             "python": platform.python_version(), "versions": versions()}
 
 

@@ -76,9 +76,9 @@ import torch
 import yaml
 from torch import Tensor
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, mean_std, write_atomic  # noqa: E402
-
+if __package__ in (None, ""):  # run as a script: make `benchmarks._common` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._common import machine_info, mean_std, write_atomic  # noqa: E402
 from sciprior.modalities.adapter import Context, ModalityAdapter  # noqa: E402
 from sciprior.modalities.noise import Problem  # noqa: E402
 from sciprior.priors.base import CountingDenoiser, Denoiser  # noqa: E402
