@@ -268,6 +268,8 @@ def parse_method(spec: str) -> tuple[str, int | None, int]:
     name, _, nfe = spec.partition(":")
     name = name.strip().lower()
     nfe, _, k = nfe.partition("x")
+    if not (nfe.isdigit() or nfe == "") or not (k.isdigit() or k == ""):
+        raise SystemExit(f"--methods {spec}: expected NAME[:NFE[xK]] with integers NFE and K, e.g. dds:50x4")
     samples = int(k) if k else 1
     if samples < 1 or (samples > 1 and name not in SOLVERS):
         raise SystemExit(f"--methods {spec}: xK (K posterior samples averaged) is for sciprior solvers, K >= 1")
