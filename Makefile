@@ -21,8 +21,9 @@ lint: setup
 demo: setup
 	$(VENV)/bin/sciprior reconstruct configs/ct/sparse_view.yaml
 
-bench-gmm: setup
-	$(PY) benchmarks/gmm_posterior.py
+# ~30 min on 1 thread; deepinv's DPS runs side by side, so it needs the benchmark venv
+bench-gmm: setup-bench
+	OMP_NUM_THREADS=1 .venv-bench/bin/python benchmarks/gmm_posterior.py --threads 1
 
 # peers (deepinv, ASTRA, sigpy) in their own venv: deepinv upgrades torch (from PyPI: a large download) and
 # pulls torchvision
@@ -30,12 +31,12 @@ setup-bench:
 	VENV=.venv-bench bash scripts/setup.sh
 	.venv-bench/bin/python -m pip install -q -e ".[bench]"
 
-# the shipped demo priors, from scratch (~75 min on 2 CPU cores when both run at once, 1 thread each);
-# then install them into sciprior/assets/priors and regenerate docs/priors.md
+# the shipped demo priors, from scratch, one after the other on 2 threads each (measured on 2 idle cores:
+# MRI 50 min, CT about 50 min); then install them into sciprior/assets/priors and regenerate docs/priors.md
+# with `make bench-priors`
 train-priors: setup
-	OMP_NUM_THREADS=1 $(VENV)/bin/sciprior train configs/ct/train.yaml --export.dirpath runs/ct_prior/export & \
-	OMP_NUM_THREADS=1 $(VENV)/bin/sciprior train configs/mri/train.yaml --export.dirpath runs/mri_prior/export & \
-	wait
+	OMP_NUM_THREADS=2 $(VENV)/bin/sciprior train configs/ct/train.yaml --export.dirpath runs/ct_prior/export
+	OMP_NUM_THREADS=2 $(VENV)/bin/sciprior train configs/mri/train.yaml --export.dirpath runs/mri_prior/export
 	for m in ct mri; do cp runs/$$m''_prior/export/config.yaml runs/$$m''_prior/export/model.safetensors \
 		sciprior/assets/priors/$$m/; done
 
