@@ -77,6 +77,10 @@ FIGURE_SIGMAS: tuple[float, ...] = (0.1, 0.5)
 COMMAND = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/prior_quality.py --prior all --out docs"
 
 
+#: at most this many training examples are searched for nearest neighbours of the samples
+MAX_TRAIN_EXAMPLES = 4096
+
+
 def shipped_prior_dir(name: str) -> Path:
     """``sciprior/assets/priors/<name>`` of the installed ``sciprior`` (it may not exist yet)."""
     from importlib.resources import files
@@ -187,6 +191,31 @@ def heldout_set(prior_dir: str | os.PathLike, name: str, config_path: str | os.P
     return out
 
 
+def training_examples(section: dict[str, Any], max_examples: int = MAX_TRAIN_EXAMPLES) -> tuple[Tensor, int]:
+    """Training examples of the run, as the data module yields them (``(N, C, h, w)``, N <= max_examples).
+
+    Whole-example priors: every training example (no flips). Patch priors: the training views of the
+    first epochs (their random patch positions and flips, as the run drew them) up to ``max_examples``.
+    Also returns how many examples the training set holds per epoch.
+    """
+    dm = build_data_module(section)
+    dm.setup("fit")
+    train = dm.train_set
+    if dm.patch_size is None:
+        keys: list[Any] = list(range(min(len(train), int(max_examples))))
+    else:
+        keys = [(i, epoch) for epoch in range(math.ceil(max_examples / len(train))) for i in range(len(train))]
+        keys = keys[: int(max_examples)]
+    return torch.stack([train[k] for k in keys]).float(), len(train)
+
+
+def nearest(queries: Tensor, pool: Tensor) -> tuple[Tensor, Tensor]:
+    """Nearest ``pool`` example of each query (Euclidean over all pixels): (index (N,), RMS distance (N,))."""
+    d = torch.cdist(queries.flatten(1).double(), pool.flatten(1).double())
+    dist, idx = d.min(dim=1)
+    return idx, (dist / math.sqrt(queries[0].numel())).float()
+
+
 # ---------------------------------------------------------------------------------------------
 # denoising against the identity
 # ---------------------------------------------------------------------------------------------
@@ -289,15 +318,16 @@ def _gray():
     return plt, cmap
 
 
-def samples_figure(samples: Tensor, real: Tensor, title: str, left: str, right: str, path: Path) -> None:
-    """Two 4 x 4 grids side by side (samples | real), gray, value range [-1, 1]."""
+def samples_figure(panels: Sequence[tuple[Tensor, str]], title: str, path: Path) -> None:
+    """4 x 4 grids side by side (e.g. samples | their nearest training examples | real held-out), gray,
+    value range [-1, 1]; ``panels`` are ``(images (16, 1, h, w), subtitle)``."""
     plt, cmap = _gray()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 5.4))
-    for ax, imgs, sub in ((axes[0], samples, left), (axes[1], real, right)):
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5.4))
+    for ax, (imgs, sub) in zip(np.atleast_1d(axes), panels):
         im = ax.imshow(_grid(imgs), cmap=cmap, vmin=-1.0, vmax=1.0, interpolation="nearest")
         ax.set_title(sub, fontsize=9)
         ax.axis("off")
-    fig.colorbar(im, ax=axes, fraction=0.025, pad=0.02, label="prior units")
+    fig.colorbar(im, ax=axes, fraction=0.02, pad=0.02, label="prior units")
     fig.suptitle(title, fontsize=11)
     _save_figure(fig, path)
     plt.close(fig)
@@ -354,15 +384,22 @@ def evaluate_prior(name: str, prior_dir: Path, out: Path, config_path: str | Non
                          seeds=list(range(NUM_SAMPLES)))
     t_samples = time.perf_counter() - t
     real = held.examples[:NUM_SAMPLES]
+    section, _ = data_section(cfg, name, config_path)
+    train, n_train = training_examples(section)
+    nn_idx, nn_dist = nearest(samples.clamp(-1, 1), train)
+    _, held_dist = nearest(held.examples, train)
     files = ", ".join(Path(f).name for f in held.files)
     real_desc = (f"{len(real)} fixed validation patches of\n{files}" if held.patch_size else
                  f"{len(real)} real held-out examples: slices {held.indices[0]}..{held.indices[len(real) - 1]} of\n"
                  f"{files}")
     h, w = real.shape[-2:]
-    samples_figure(samples.clamp(-1, 1), real,
-                   f"{name.upper()} prior: unconditional samples vs real held-out images ({h} x {w})",
-                   f"{NUM_SAMPLES} samples (EDM Heun, {SAMPLE_STEPS} levels,\n{2 * SAMPLE_STEPS - 1} NFE, seeds 0-15)",
-                   real_desc, figdir / f"{name}_samples.png")
+    samples_figure([(samples.clamp(-1, 1), f"{NUM_SAMPLES} samples (EDM Heun, {SAMPLE_STEPS} levels,\n"
+                                           f"{2 * SAMPLE_STEPS - 1} NFE, seeds 0-15)"),
+                    (train[nn_idx], f"the nearest training example of each sample\n(of {len(train)} "
+                                    f"{'training patches' if held.patch_size else 'examples'}, Euclidean)"),
+                    (real, real_desc)],
+                   f"{name.upper()} prior: unconditional samples, their nearest training examples, and real "
+                   f"held-out images ({h} x {w})", figdir / f"{name}_samples.png")
     log(f"[{name}] samples: {t_samples:.1f} s")
 
     # (b) denoising of the held-out set
@@ -417,7 +454,9 @@ def evaluate_prior(name: str, prior_dir: Path, out: Path, config_path: str | Non
                     "patch_size": list(held.patch_size) if held.patch_size else None,
                     "full_shapes": [list(f.shape[1:]) for f in held.full]},
         "sampling": {"num_samples": NUM_SAMPLES, "steps": SAMPLE_STEPS, "nfe": 2 * SAMPLE_STEPS - 1,
-                     "seeds": "0..15", "sample_stats": _stats(samples), "real_stats": _stats(real)},
+                     "seeds": "0..15", "sample_stats": _stats(samples), "real_stats": _stats(real),
+                     "nearest_training": {"searched": len(train), "training_set": n_train,
+                                          "samples_rms": _stats(nn_dist), "heldout_rms": _stats(held_dist)}},
         "denoising": {"sigmas": list(SIGMAS), "noise_seed": NOISE_SEED, "sets": sets},
         "seconds": {"samples": t_samples, "denoising": t_denoise, "total": time.perf_counter() - t0},
         "machine": machine_info(),
@@ -452,6 +491,20 @@ def _duration(training: dict[str, Any]) -> str:
         if isinstance(value, (int, float)) and ("second" in key or "time" in key):
             return f"{float(value) / 60:.0f} min ({key} = {float(value):.0f} s)"
     return "not recorded in the checkpoint"
+
+
+def _memorisation(nt: dict[str, Any]) -> list[str]:
+    """The nearest-training-example distances as a sentence (a copy of the training set would be ~0)."""
+    sr, hr = nt["samples_rms"], nt["heldout_rms"]
+    return ["", f"Memorisation check: RMS distance (prior units) from each sample to its nearest training "
+                f"example, mean {sr['mean']:.3f} (min {sr['min']:.3f}), against {hr['mean']:.3f} (min "
+                f"{hr['min']:.3f}) from each real held-out image to its nearest training example "
+                f"({nt['searched']} training examples searched" + (
+                    f": the views of {nt['searched'] // nt['training_set']} epochs of {nt['training_set']}, "
+                    f"a patch prior draws new patches every epoch" if nt['searched'] > nt['training_set'] else
+                    ": all of them") + "). Samples much closer "
+                "to the training set than held-out images are would mean copying; much farther, that they are "
+                "off the data."]
 
 
 def render_section(r: dict[str, Any]) -> str:
@@ -504,11 +557,13 @@ def render_section(r: dict[str, Any]) -> str:
         f"![{r['name']} samples](priors/{r['name']}_samples.png)",
         "",
         f"Left: {s['num_samples']} unconditional samples (EDM Heun sampler, {s['steps']} noise levels = "
-        f"{s['nfe']} network evaluations, seeds {s['seeds']}); right: real held-out images of the same size "
-        f"and domain. Pixel statistics (mean / std / fraction below -0.9): samples "
+        f"{s['nfe']} network evaluations, seeds {s['seeds']}); middle: the training example nearest to each "
+        f"sample; right: real held-out images of the same size and domain. Pixel statistics (mean / std / "
+        f"fraction below -0.9): samples "
         f"{sm['sample_stats']['mean']:.3f} / {sm['sample_stats']['std']:.3f} / "
         f"{sm['sample_stats']['background']:.2f}, held-out {sm['real_stats']['mean']:.3f} / "
         f"{sm['real_stats']['std']:.3f} / {sm['real_stats']['background']:.2f}.",
+        *(_memorisation(nt) if (nt := sm.get("nearest_training")) else []),
         "",
     ]
     for st in r["denoising"]["sets"]:
@@ -535,8 +590,9 @@ def render_markdown(results: list[dict[str, Any]], missing: Sequence[str]) -> st
         "",
         f"    {COMMAND}",
         "",
-        "Two checks per prior. **Samples:** unconditional EDM samples next to real held-out images (same "
-        "size, same [-1, 1] gray scale). **Denoising:** the held-out set is rebuilt exactly as the training "
+        "Two checks per prior. **Samples:** unconditional EDM samples next to the training example nearest to "
+        "each (a copying check) and to real held-out images (same size, same [-1, 1] gray scale). "
+        "**Denoising:** the held-out set is rebuilt exactly as the training "
         "run's validation split (the data module of the training config stored in the checkpoint, `setup()`, "
         "its validation dataset: fixed views, no flips). Each held-out image x gets fixed noise `x + sigma n` "
         "(n ~ N(0, I), seeded per example, the same n at every sigma) for sigma in "

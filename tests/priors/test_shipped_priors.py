@@ -95,3 +95,13 @@ def test_shipped_prior_denoises_heldout_better_than_identity(name: str) -> None:
         errs, _ = pq.denoising_errors(pq.patch_prior(den, held.patch_size), img, TEST_SIGMAS,
                                       [pq.NOISE_SEED + pq.FULL_SEED_OFFSET])
         _assert_better(errs, f"{name} prior through PatchPrior on the whole held-out {held.full_labels[0]}")
+
+
+def test_nearest_training_example_finds_exact_copies_and_reports_rms() -> None:
+    g = torch.Generator().manual_seed(0)
+    pool = torch.randn(50, 1, 8, 8, generator=g)
+    queries = torch.stack([pool[7], pool[31] + 0.5])
+    idx, rms = pq.nearest(queries, pool)
+    assert idx.tolist() == [7, 31]
+    assert rms[0].item() == pytest.approx(0.0, abs=1e-6)
+    assert rms[1].item() == pytest.approx(0.5, rel=1e-5)  # a constant offset of 0.5 on every pixel
