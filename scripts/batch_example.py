@@ -66,7 +66,7 @@ def make_inputs(work: Path, n: int, seed: int = 0) -> tuple[Path, Path]:
     prior, mask = make_prior(), make_mask()
     for k in range(n):
         x = prior.sample(1, generator=g)
-        y = mask * x + SIGMA_Y * torch.randn(x.shape, generator=g, dtype=torch.float64)
+        y = mask * (x + SIGMA_Y * torch.randn(x.shape, generator=g, dtype=torch.float64))  # unobserved: 0
         np.save(inp / f"img_{k:03d}.npy", y.numpy())
         np.save(truth / f"img_{k:03d}.npy", x.numpy())
     return inp, truth

@@ -55,7 +55,7 @@ def make_inputs(root: Path, n: int, seed: int = 123) -> tuple[Path, Path]:
     prior, m = make_prior(), make_mask()
     for k in range(n):
         x = prior.sample(1, generator=g)
-        y = m * x + SIGMA_Y * torch.randn(x.shape, generator=g, dtype=torch.float64)
+        y = m * (x + SIGMA_Y * torch.randn(x.shape, generator=g, dtype=torch.float64))  # unobserved: 0
         np.save(inp / f"case_{k}.npy", y.numpy())
         np.save(truth / f"case_{k}.npy", x.numpy())
     return inp, truth

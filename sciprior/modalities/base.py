@@ -132,6 +132,17 @@ class Operator(nn.Module):
     def forward(self, x: Tensor) -> Measurement:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def measured_support(self) -> Measurement | None:
+        """Where the measurement holds data: 1 on measured entries, 0 on entries the forward model
+        always sets to zero (unsampled k-space, masked pixels), broadcastable to ``(B, *out_shape)``
+        (a tuple for stacked operators); ``None`` when every entry is measured.
+
+        :meth:`~sciprior.modalities.noise.Problem.simulate` adds noise only on the support: an
+        unmeasured entry is not a noisy measurement of zero (it would inflate residual norms, e.g.
+        DPS's step normalisation ``||y - A x0||``, by a constant noise floor).
+        """
+        return None
+
     def vjp(self, x: Tensor, v: Measurement) -> Tensor:
         """Vector-Jacobian product ``J_A(x)^T v`` through autograd."""
         with torch.enable_grad():
@@ -242,6 +253,9 @@ class ComposedOperator(LinearOperator):
     def forward(self, x):
         return self.outer(self.inner_op(x))
 
+    def measured_support(self):
+        return self.outer.measured_support()
+
     def adjoint(self, y):
         return self.inner_op.adjoint(self.outer.adjoint(y))
 
@@ -283,6 +297,9 @@ class ScaledOperator(LinearOperator):
 
     def forward(self, x):
         return tmap(lambda t: self.c * t, self.op(x))
+
+    def measured_support(self):
+        return self.op.measured_support()
 
     def adjoint(self, y):
         return self.c * self.op.adjoint(y)
@@ -326,6 +343,12 @@ class StackedOperator(LinearOperator):
 
     def forward(self, x):
         return tuple(op(x) for op in self.ops)
+
+    def measured_support(self):
+        parts = [op.measured_support() for op in self.ops]
+        if all(p is None for p in parts):
+            return None
+        return tuple(p if p is not None else 1.0 for p in parts)  # 1.0: every entry of that measurement
 
     def adjoint(self, y):
         if not isinstance(y, tuple) or len(y) != len(self.ops):
@@ -388,6 +411,9 @@ class Mask(LinearOperator):
     def forward(self, x):
         self.check_input(x)
         return x * self.mask
+
+    def measured_support(self):
+        return self.mask
 
     def adjoint(self, y):
         return y * self.mask

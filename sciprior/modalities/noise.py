@@ -214,9 +214,19 @@ class Problem:
     @classmethod
     def simulate(cls, operator: Operator, x: Tensor, noise: NoiseModel,
                  generator: torch.Generator | None = None, **metadata) -> Problem:
-        """Measure a known image ``x``: ``y = noise.sample(operator(x))``; ``x`` becomes the reference."""
+        """Measure a known image ``x``: ``y = noise.sample(operator(x))``; ``x`` becomes the reference.
+
+        Entries outside the operator's :meth:`~sciprior.modalities.base.Operator.measured_support`
+        (unsampled k-space, masked pixels) stay zero: they are not measured, so they get no noise.
+        """
         with torch.no_grad():
             y = noise.sample(operator(x), generator)
+            support = operator.measured_support()
+            if support is not None:
+                def keep(t: Tensor, m: Tensor | float) -> Tensor:
+                    return t * (m.to(device=t.device, dtype=t.real.dtype) if isinstance(m, Tensor) else m)
+
+                y = tmap(keep, y, support) if isinstance(y, tuple) else keep(y, support)
         return cls(operator, y, noise, tuple(x.shape[1:]), reference=x, metadata=dict(metadata))
 
     def nll(self, x: Tensor) -> Tensor:

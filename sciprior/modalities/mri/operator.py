@@ -92,6 +92,10 @@ class MultiCoilMRI(LinearOperator):
         self.register_buffer("_maps_eff", phi * torch.fft.ifftshift(maps, dim=(-2, -1)))
         self._unit_single = bool(c == 1 and torch.allclose(maps.abs(), torch.ones_like(maps.real), atol=1e-5))
 
+    def measured_support(self) -> Tensor:
+        """The sampling mask ``(H, W)``: unsampled k-space is not measured (broadcasts over coils)."""
+        return self.mask
+
     # --- helpers -------------------------------------------------------------------------------
     @property
     def closed_form(self) -> bool:
