@@ -142,6 +142,13 @@ class SliceStackOperator(LinearOperator):
     def name(self) -> str:
         return f"SliceStack[{self.op2d.name} x {self.depth}]"
 
+    def measured_support(self):
+        """The 2D operator's support, shared by every slice (when it broadcasts over ``(B, D)``)."""
+        s = self.op2d.measured_support()
+        if isinstance(s, Tensor) and self.op2d.out_shape is not None and s.dim() <= len(self.op2d.out_shape):
+            return s
+        return None  # tuple-valued or batch-shaped supports: every entry counts as measured
+
     # --- per-slice application ------------------------------------------------------------------
     def _chunked(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn`` over leading-dim chunks of the (B * D)-row arguments, results concatenated."""

@@ -44,3 +44,12 @@ def test_stacked_operator_masks_only_the_masked_measurement():
     masked, full = p.y
     assert torch.count_nonzero(masked[..., 1::2]) == 0 and torch.count_nonzero(masked[..., ::2]) == 6
     assert torch.count_nonzero(full) == 12  # the identity measures everything: noise everywhere
+
+
+def test_slice_stack_shares_the_2d_support():
+    from sciprior.modalities.volume import SliceStackOperator
+
+    mask = torch.tensor([[[1.0, 0.0, 1.0]]])
+    op = SliceStackOperator(Mask(mask, (1, 1, 3)), depth=4, chunk_size=2)
+    p = Problem.simulate(op, torch.zeros(2, 1, 4, 1, 3), Gaussian(0.1), generator=torch.Generator().manual_seed(4))
+    assert torch.count_nonzero(p.y[..., 1]) == 0 and torch.count_nonzero(p.y[..., ::2]) == 2 * 4 * 2
