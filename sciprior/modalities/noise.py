@@ -226,7 +226,7 @@ class Problem:
                 def keep(t: Tensor, m: Tensor | float) -> Tensor:
                     return t * (m.to(device=t.device, dtype=t.real.dtype) if isinstance(m, Tensor) else m)
 
-                y = tmap(keep, y, support) if isinstance(y, tuple) else keep(y, support)
+                y = tmap(keep, y, support)
         return cls(operator, y, noise, tuple(x.shape[1:]), reference=x, metadata=dict(metadata))
 
     def nll(self, x: Tensor) -> Tensor:

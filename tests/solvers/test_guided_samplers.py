@@ -373,13 +373,9 @@ def test_complex_sense_operator_matches_its_real_stacked_matrix(name):
     q = torch.randn(n * n, n * n, generator=g, dtype=torch.float64)
     prior = GaussianPrior(torch.randn(n * n, generator=g, dtype=torch.float64),
                           q @ q.T / n**2 + 0.3 * torch.eye(n * n, dtype=torch.float64), image_shape=(1, n, n))
-    x = prior.sample(1, generator=g)
-    clean = op(x)
-    noise = torch.complex(torch.randn(clean.shape, generator=g, dtype=torch.float64),
-                          torch.randn(clean.shape, generator=g, dtype=torch.float64))
-    y = clean + 0.05 * noise * sampled.reshape(clean.shape[1:])  # nothing is measured off the mask
-    y_real = torch.cat([y.reshape(1, -1).real[:, sampled], y.reshape(1, -1).imag[:, sampled]], dim=1)
-    complex_problem = Problem(op, y, Gaussian(0.05), (1, n, n))
+    complex_problem = Problem.simulate(op, prior.sample(1, generator=g), Gaussian(0.05), generator=g)
+    y = complex_problem.y.reshape(1, -1)  # zero off the mask: unsampled k-space is not measured
+    y_real = torch.cat([y.real[:, sampled], y.imag[:, sampled]], dim=1)
     real_problem = Problem(MatrixOperator(matrix, (1, n, n)), y_real, Gaussian(0.05), (1, n, n))
     solver = SOLVERS[name]
     # ΠGDM's inner CG stops at a tolerance: solve to convergence so that both runs do the same arithmetic
