@@ -41,6 +41,10 @@ their defaults except the number of steps; ``deepinv-dps-annealed`` is DPS with 
 the guidance form deepinv documents for weight ~ 1 (the default residual-norm guidance at weight 1 is
 nearly unguided with this prior).
 
+Tuned rows: a method given as ``NAME:NFE+tuned`` (DDS, DPS) runs with the settings that scored best on the
+tuning problem over ``SOLVER_GRIDS`` (mean PSNR of a few posterior samples, at the same NFE), chosen before
+any test problem runs and kept fixed, as TV's ``lam`` is; grid and scores go into the markdown.
+
 Deadlines: ``--budget-minutes`` stops starting runs that would not finish in time (estimated from the
 measured cost per denoiser call); what is left is listed in the markdown. ``--only-problems`` and
 ``--reuse-tuning`` split a task over processes; ``--render`` merges their JSON results into one table.
@@ -118,6 +122,16 @@ CGLS_MAX_ITERS = 100
 #: methods that backpropagate through the denoiser: cost per NFE relative to a plain call (deadline estimates)
 GRADIENT_METHODS = ("dps", "deepinv-dps", "deepinv-dps-annealed")
 GRAD_COST = 2.2
+#: solver settings searched on the tuning problem for methods given as ``NAME:NFE+tuned`` (every combination,
+#: at the method's NFE; the documented defaults are in every grid). None of them changes the NFE.
+#: DDS: eta (fresh-noise fraction of the re-noising), CG steps per level, top of the noise schedule;
+#: DPS: the per-step guidance weight zeta.
+SOLVER_GRIDS: dict[str, dict[str, list[Any]]] = {
+    "dds": {"eta": [0.5, 0.85, 1.0], "cg_iters": [5, 10, 20], "sigma_max": [None, 10.0, 3.0]},
+    "dps": {"zeta": [0.5, 1.0, 2.0, 4.0]},
+}
+#: posterior samples (seeds 0..K-1) per grid point on the tuning problem; the score is their mean PSNR
+TUNE_REPEATS = {"dds": 4, "dps": 2}
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,8 +277,13 @@ def load_denoiser(task: Task, case: Case, checkpoint: str) -> tuple[Denoiser, di
 # --------------------------------------------------------------------------------------------
 
 
-def parse_method(spec: str) -> tuple[str, int | None, int]:
-    """``NAME[:NFE[xK]]`` -> (name, NFE per posterior sample, K samples averaged into the estimate)."""
+def parse_method(spec: str) -> tuple[str, int | None, int, bool]:
+    """``NAME[:NFE[xK]][+tuned]`` -> (name, NFE per posterior sample, K samples averaged into the estimate,
+    settings tuned on the tuning problem over ``SOLVER_GRIDS[name]``)."""
+    spec, plus, flag = spec.partition("+")
+    if plus and flag.strip().lower() != "tuned":
+        raise SystemExit(f"--methods {spec}+{flag}: the only suffix is +tuned")
+    tuned = bool(plus)
     name, _, nfe = spec.partition(":")
     name = name.strip().lower()
     nfe, _, k = nfe.partition("x")
@@ -275,11 +294,13 @@ def parse_method(spec: str) -> tuple[str, int | None, int]:
         raise SystemExit(f"--methods {spec}: xK (K posterior samples averaged) is for sciprior solvers, K >= 1")
     if name not in BASELINES + SOLVERS + DEEPINV:
         raise SystemExit(f"--methods: unknown method {name!r}; choose from {', '.join(BASELINES + SOLVERS + DEEPINV)}")
+    if tuned and name not in SOLVER_GRIDS:
+        raise SystemExit(f"--methods {spec}+tuned: tuning grids exist for {', '.join(SOLVER_GRIDS)} only")
     if name in BASELINES:
-        return name, None, 1
+        return name, None, 1, False
     if not nfe:
         raise SystemExit(f"--methods: {name} needs an NFE budget, e.g. {name}:50")
-    return name, int(nfe), samples
+    return name, int(nfe), samples, tuned
 
 
 def solver_settings(name: str, nfe: int, overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -294,7 +315,7 @@ def solver_settings(name: str, nfe: int, overrides: dict[str, dict[str, Any]]) -
     return s
 
 
-def method_label(name: str, nfe: int | None, baseline_label: str, samples: int = 1) -> str:
+def method_label(name: str, nfe: int | None, baseline_label: str, samples: int = 1, tuned: bool = False) -> str:
     if name == "baseline":
         return baseline_label
     if name == "cgls":
@@ -305,7 +326,8 @@ def method_label(name: str, nfe: int | None, baseline_label: str, samples: int =
               "pigdm": "PiGDM", "ddnm": "DDNM", "pnpdm": "PnP-DM", "deepinv-dps": "deepinv DPS",
               "deepinv-dps-annealed": "deepinv DPS annealed",
               "deepinv-diffpir": "deepinv DiffPIR"}[name]
-    return f"{pretty} ({nfe})" if samples == 1 else f"{pretty} ({nfe}), mean of {samples} samples"
+    label = f"{pretty} ({nfe})" if samples == 1 else f"{pretty} ({nfe}), mean of {samples} samples"
+    return f"{label}, tuned" if tuned else label
 
 
 def score(x: Tensor, ref: Tensor) -> dict[str, float]:
@@ -340,6 +362,36 @@ def tune_baselines(case: Case, log: Callable[[str], None], step_ratio: float = 1
     return {"tv_lam": best_lam, "tv_iters": TV_ITERS, "tv_step_ratio": step_ratio, "tv_psnr": tv_scores[best_lam],
             "tv_grid": {f"{k:.3g}": round(v, 3) for k, v in sorted(tv_scores.items())},
             "cgls_iters": best_it, "cgls_psnr": trace[best_it - 1]}
+
+
+def tune_solver(name: str, nfe: int, den: Denoiser, case: Case, base: dict[str, Any],
+                log: Callable[[str], None]) -> dict[str, Any]:
+    """The ``SOLVER_GRIDS[name]`` point with the best mean PSNR over ``TUNE_REPEATS[name]`` posterior samples
+    (seeds 0..K-1) on the tuning problem, at ``nfe`` NFE; ``base`` holds the settings that stay fixed."""
+    import itertools
+
+    from sciprior.solvers import get_solver
+
+    grid = SOLVER_GRIDS[name]
+    keys = list(grid)
+    ref = case.problem.reference.to(torch.float64)
+    fn = get_solver(name)
+    scores: dict[str, float] = {}
+    points: dict[str, dict[str, Any]] = {}
+    t0 = time.perf_counter()
+    for values in itertools.product(*(grid[k] for k in keys)):
+        point = dict(zip(keys, values))
+        psnrs = []
+        for seed in range(TUNE_REPEATS[name]):
+            res = fn(den, case.problem, seeds=[seed] * case.problem.batch_size, progress=False, **base, **point)
+            psnrs.append(score(res.mean.detach().to(torch.float64), ref)["psnr"])
+        key = ", ".join(f"{k}={_short(v)}" for k, v in point.items())
+        scores[key], points[key] = sum(psnrs) / len(psnrs), point
+        log(f"  tuning {name}:{nfe} on {case.name}: {key}: {scores[key]:.2f} dB")
+    best = max(scores, key=scores.get)
+    log(f"  tuned {name}:{nfe} on {case.name}: {best} ({scores[best]:.2f} dB, {time.perf_counter() - t0:.0f} s)")
+    return {"settings": points[best], "psnr": scores[best], "repeats": TUNE_REPEATS[name],
+            "grid": {k: round(v, 3) for k, v in scores.items()}}
 
 
 def run_baseline(name: str, case: Case, tuned: dict[str, Any]) -> tuple[Tensor, int]:
@@ -476,29 +528,42 @@ class MethodResult:
     seconds: list[float] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     error: str | None = None
+    tuned: bool = False  # settings from SOLVER_GRIDS, tuned on the tuning problem
 
 
-def run_task(task: Task, methods: Sequence[tuple[str, int | None, int]], checkpoint: str,
+def run_task(task: Task, methods: Sequence[tuple[str, int | None, int, bool]], checkpoint: str,
              overrides: dict[str, dict[str, Any]], json_out: Path | None, figure: Path | None,
              deadline: float | None, log: Callable[[str], None],
              only: Sequence[int] | None = None, reuse_tuning: Path | None = None,
              no_figure: bool = False) -> dict[str, Any]:
     dinv_ver = deepinv_version()
+    tune_case = None
     if reuse_tuning is not None:
         tuned = json.loads(Path(reuse_tuning).read_text())["tuning"]
-        log(f"[{task.name}] tuning reused from {reuse_tuning}: {tuned['tv_lam']:.3g}, {tuned['cgls_iters']}")
+        log(f"[{task.name}] tuning reused from {reuse_tuning}: {tuned['tv_lam']:.3g}, {tuned['cgls_iters']}, "
+            f"solvers {sorted(tuned.get('solvers', {}))}")
     else:
         log(f"[{task.name}] tuning problem")
         tune_case = load_case(task, task.tune_where, task.tune_seed, "tuning")
         tuned = tune_baselines(tune_case, log, TV_STEP_RATIO[task.name])
-    cases_meta = [(w, k) for k, w in enumerate(task.wheres) if only is None or k in only]
+    tuned["solvers"] = dict(tuned.get("solvers", {}))
     den, prior_info = None, None
+    for key in sorted({f"{n}:{nfe}" for n, nfe, _, t in methods if t} - set(tuned["solvers"])):
+        n, nfe = key.split(":")[0], int(key.split(":")[1])
+        if tune_case is None:
+            tune_case = load_case(task, task.tune_where, task.tune_seed, "tuning")
+        if den is None:
+            den, prior_info = load_denoiser(task, tune_case, checkpoint)
+        tuned["solvers"][key] = tune_solver(n, nfe, den, tune_case, solver_settings(n, nfe, overrides), log)
+    cases_meta = [(w, k) for k, w in enumerate(task.wheres) if only is None or k in only]
     results: dict[str, MethodResult] = {}
-    for name, nfe, samples in methods:
-        label = method_label(name, nfe, task.baseline_label, samples)
-        mr = MethodResult(label, name, None if nfe is None else nfe * samples, samples)
+    for name, nfe, samples, tune in methods:
+        label = method_label(name, nfe, task.baseline_label, samples, tune)
+        mr = MethodResult(label, name, None if nfe is None else nfe * samples, samples, tuned=tune)
         if name in SOLVERS:
             mr.settings = solver_settings(name, nfe, overrides)
+            if tune:
+                mr.settings.update(tuned["solvers"][f"{name}:{nfe}"]["settings"])
             if samples > 1:
                 mr.settings["num_samples"] = samples
         elif name == "tv":
@@ -721,8 +786,11 @@ def goals(payload: dict[str, Any]) -> list[str]:
     dds = [m for m in ms if m["name"] == "dds" and m["nfe_budget"] <= 50]
     dps = [m for m in ms if m["name"] == "dps" and m["nfe_budget"] >= 500]
     if dds and dps:
-        ref = max(dps, key=lambda m: m["nfe_budget"])
-        for d in sorted(dds, key=lambda m: m["nfe_budget"]):
+        for d in sorted(dds, key=lambda m: (m["nfe_budget"], m.get("tuned", False))):
+            # DDS tuned on the tuning problem is compared with DPS tuned the same way (when it ran), and
+            # DDS at its defaults with DPS at its defaults
+            same = [m for m in dps if m.get("tuned", False) == d.get("tuned", False)] or dps
+            ref = max(same, key=lambda m: m["nfe_budget"])
             common = [p for p in d["problems"] if p in ref["problems"]]
             if not common:
                 continue
@@ -756,7 +824,9 @@ def render_markdown(payloads: Sequence[dict[str, Any]], command: str, date: str,
               "problem for the reconstruction alone (prior loaded once), 1 torch thread, on a machine shared "
               "with other jobs (load average in each task's header), so times are indicative.",
               "- one posterior sample per problem and solver (seed = problem index); solvers at their "
-              "documented defaults except the step count (settings column).", ""]
+              "documented defaults except the step count (settings column), except rows marked `tuned`: "
+              "their settings were chosen on the tuning problem (never a test problem) over a fixed grid, "
+              "like TV's lam (grid and scores under the task).", ""]
     for p in payloads:
         lines += [f"## {p['title']}", "",
                   f"- problems: {p['problems']}",
@@ -768,7 +838,7 @@ def render_markdown(payloads: Sequence[dict[str, Any]], command: str, date: str,
                   f"- tuned on the tuning problem: TV lam = {p['tuning']['tv_lam']:.3g} ({p['tuning']['tv_iters']} "
                   f"iterations, step ratio {p['tuning'].get('tv_step_ratio', 1.0):g}; grid {p['tuning']['tv_grid']}), "
                   f"CGLS stopped at {p['tuning']['cgls_iters']} "
-                  "iterations",
+                  "iterations" + _solver_tuning(p['tuning']),
                   f"- task wall time {p['seconds']:.0f} s; load average at the end {p.get('load_average')}", "",
                   "| method | PSNR [dB] | SSIM | NFE | time / problem [s] | problems (n: which) | settings |",
                   "|---|---|---|---|---|---|---|"]
@@ -792,6 +862,17 @@ def render_markdown(payloads: Sequence[dict[str, Any]], command: str, date: str,
         lines.append("")
     lines += ["## Notes", "", *NOTES, *(f"- {n}" for n in extra_notes), ""]
     return "\n".join(lines)
+
+
+def _solver_tuning(tuning: dict[str, Any]) -> str:
+    """``; dds:50 tuned to <settings> (<score>, ...; grid scores ...)`` for the solvers tuned on the tuning problem."""
+    out = []
+    for key, t in sorted(tuning.get("solvers", {}).items()):
+        best = ", ".join(f"{k}={_short(v)}" for k, v in t["settings"].items())
+        grid = "; ".join(f"{k}: {v:.2f}" for k, v in t["grid"].items())
+        out.append(f"; {key} tuned to {best} ({t['psnr']:.2f} dB, mean of {t['repeats']} posterior samples; "
+                   f"grid scores in dB: {grid})")
+    return "".join(out)
 
 
 def _trained(checkpoint: str | None) -> str:
