@@ -43,7 +43,8 @@ nearly unguided with this prior).
 
 Tuned rows: a method given as ``NAME:NFE+tuned`` (DDS, DPS) runs with the settings that scored best on the
 tuning problem over ``SOLVER_GRIDS`` (mean PSNR of a few posterior samples, at the same NFE), chosen before
-any test problem runs and kept fixed, as TV's ``lam`` is; grid and scores go into the markdown.
+any test problem runs and kept fixed, as TV's ``lam`` is; grid and scores go into the markdown. The full run
+adds DDS (50), DDS (50) x 4 and DPS (500) tuned rows on MRI (``FULL_TUNED``; on CT DPS's grid is too costly).
 
 Deadlines: ``--budget-minutes`` stops starting runs that would not finish in time (estimated from the
 measured cost per denoiser call); what is left is listed in the markdown. ``--only-problems`` and
@@ -107,6 +108,10 @@ MRI_TUNE_SLICE = 74
 #: run order = priority (what the goals need first); the tables sort by method family and NFE
 FULL_METHODS = ["baseline", "cgls", "tv", "dds:50", "dps:500", "dds:20", "dds:50x4", "diffpir:100", "reddiff:100",
                 "daps:100", "deepinv-dps:100", "deepinv-dps-annealed:100", "deepinv-diffpir:100", "dps:100"]
+#: rows tuned on the tuning problem, added to the full run per task: on MRI (seconds per DDS run) by default;
+#: on CT one DPS (500) run costs ~5.5 min on a 128 x 128 crop, so its zeta grid alone would add ~45 min
+#: (ask for them with --methods ... dds:50+tuned dps:500+tuned)
+FULL_TUNED = {"ct": [], "mri": ["dds:50+tuned", "dps:500+tuned", "dds:50x4+tuned"]}
 QUICK_METHODS = ["baseline", "cgls", "tv", "dds:20", "dps:50", "diffpir:20", "deepinv-dps:20",
                  "deepinv-diffpir:20"]
 BASELINES = ("baseline", "cgls", "tv")
@@ -955,7 +960,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="1 problem per task, few solvers, small NFE")
     ap.add_argument("--tasks", nargs="*", default=["ct", "mri"], choices=["ct", "mri"])
     ap.add_argument("--methods", nargs="*", default=None,
-                    help=f"NAME[:NFE] list (default full: {' '.join(FULL_METHODS)})")
+                    help=f"NAME[:NFE[xK]][+tuned] list (default full: {' '.join(FULL_METHODS)}, plus on MRI "
+                         f"{' '.join(FULL_TUNED['mri'])})")
     ap.add_argument("--problems", type=int, default=None, help="problems per task (default 2 CT crops, 4 MRI)")
     ap.add_argument("--only-problems", type=int, nargs="*", default=None,
                     help="run only these problem indices (0-based) of the task, e.g. to split a task over "
@@ -1001,7 +1007,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     torch.set_num_threads(args.threads)
-    methods = [parse_method(m) for m in (args.methods or (QUICK_METHODS if args.quick else FULL_METHODS))]
+    def methods_for(task: str) -> list[tuple[str, int | None, int, bool]]:
+        specs = args.methods or (QUICK_METHODS if args.quick else FULL_METHODS + FULL_TUNED[task])
+        return [parse_method(m) for m in specs]
+
+    for name in args.tasks:
+        methods_for(name)  # a bad --methods entry fails before any compute
     overrides = parse_overrides(args.set)
     deadline = None if args.budget_minutes is None else time.time() + 60.0 * args.budget_minutes
 
@@ -1017,7 +1028,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.json is not None:
             json_out = args.json if len(args.tasks) == 1 else args.json.with_name(
                 f"{args.json.stem}_{name}{args.json.suffix}")
-        payload = run_task(task, methods, ckpt, overrides, json_out, out_dir / f"reconstruction_{name}.png",
+        payload = run_task(task, methods_for(name), ckpt, overrides, json_out, out_dir / f"reconstruction_{name}.png",
                            deadline, log, only=args.only_problems, reuse_tuning=args.reuse_tuning,
                            no_figure=args.no_figure)
         payload["command"] = command
