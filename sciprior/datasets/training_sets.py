@@ -536,16 +536,22 @@ class ExtractExample(Transform):
         return x.contiguous()
 
 
+#: random flips in training: True (both axes), False, or one axis: "horizontal" mirrors columns (left-right in
+#: the usual display), "vertical" mirrors rows (e.g. for data that is symmetric only up-down)
+FlipMode = bool | Literal["horizontal", "vertical"]
+
+
 def random_view(
     x: Tensor,
     rng: np.random.Generator,
     patch_size: tuple[int, int] | None,
-    flips: bool,
+    flips: FlipMode,
     rot90: bool,
     pad_value: float,
 ) -> Tensor:
-    """A random patch (padded with ``pad_value`` if the image is smaller), then random flips along
-    both axes and a random multiple of 90 degrees (180 only, for non-square patches)."""
+    """A random patch (padded with ``pad_value`` if the image is smaller), then random flips (``flips``: both
+    axes, or only "horizontal" / "vertical") and a random multiple of 90 degrees (180 only, for non-square
+    patches). Both flip coins are drawn whatever ``flips`` allows, so the random stream does not depend on it."""
     if patch_size is not None:
         ph, pw = patch_size
         h, w = x.shape[-2:]
@@ -557,9 +563,10 @@ def random_view(
         left = int(rng.integers(0, w - pw + 1))
         x = x[..., top : top + ph, left : left + pw]
     if flips:
-        if rng.random() < 0.5:
+        horizontal, vertical = rng.random() < 0.5, rng.random() < 0.5
+        if horizontal and flips in (True, "horizontal"):
             x = x.flip(-1)
-        if rng.random() < 0.5:
+        if vertical and flips in (True, "vertical"):
             x = x.flip(-2)
     if rot90:
         square = x.shape[-1] == x.shape[-2]
@@ -583,7 +590,7 @@ class ExampleViews(Dataset):
         train: bool,
         seed: int,
         patch_size: tuple[int, int] | None,
-        flips: bool,
+        flips: FlipMode,
         rot90: bool,
         pad_value: float,
     ):
@@ -678,7 +685,9 @@ class PriorDataModule(pl.LightningDataModule):
         patch_size: (H, W) random patches for training (fixed patches for validation), or None.
         repeats: random views of each example per training epoch (patch priors on few images).
         val_repeats: fixed views of each validation example.
-        flips, rot90: random flips / 90 degree rotations in training.
+        flips: random flips in training: True (both axes), False, "horizontal" (columns: left-right in the
+            usual display; for real heads, which are left-right symmetric only roughly) or "vertical".
+        rot90: random 90 degree rotations in training.
         min_foreground: drop examples whose fraction of pixels above ``foreground_level`` (prior units)
             is smaller (e.g. empty slices at the top of a head).
         cache: ``memory`` (MONAI CacheDataset), ``disk`` (PersistentDataset in ``cache_dir``) or ``none``.
@@ -703,7 +712,7 @@ class PriorDataModule(pl.LightningDataModule):
         patch_size: tuple[int, int] | None = None,
         repeats: int = 1,
         val_repeats: int = 1,
-        flips: bool = True,
+        flips: FlipMode = True,
         rot90: bool = False,
         min_foreground: float = 0.0,
         foreground_level: float = -0.9,
@@ -735,7 +744,9 @@ class PriorDataModule(pl.LightningDataModule):
         self.spatial_size = tuple(spatial_size) if spatial_size is not None else None
         self.patch_size = tuple(patch_size) if patch_size is not None else None
         self.repeats, self.val_repeats = int(repeats), int(val_repeats)
-        self.flips, self.rot90 = bool(flips), bool(rot90)
+        if flips not in (True, False, "horizontal", "vertical"):
+            raise ValueError(f"{name}.flips must be true, false, 'horizontal' or 'vertical', got {flips!r}")
+        self.flips, self.rot90 = flips, bool(rot90)
         self.min_foreground, self.foreground_level = float(min_foreground), float(foreground_level)
         self.cache, self.cache_dir, self.pad_value = cache, cache_dir, float(pad_value)
         self.seed, self.pin_memory = int(seed), bool(pin_memory)
@@ -961,7 +972,7 @@ class SliceDataModule(PriorDataModule):
         patch_size: tuple[int, int] | None = None,
         repeats: int = 1,
         val_repeats: int = 1,
-        flips: bool = True,
+        flips: FlipMode = True,
         rot90: bool = False,
         min_foreground: float = 0.0,
         foreground_level: float = -0.9,
@@ -1030,7 +1041,7 @@ class FastMRIDataModule(PriorDataModule):
         patch_size: tuple[int, int] | None = None,
         repeats: int = 1,
         val_repeats: int = 1,
-        flips: bool = True,
+        flips: FlipMode = True,
         rot90: bool = False,
         min_foreground: float = 0.0,
         foreground_level: float = -0.9,
@@ -1096,7 +1107,7 @@ class HyperspectralDataModule(PriorDataModule):
         patch_size: tuple[int, int] | None = (64, 64),
         repeats: int = 16,
         val_repeats: int = 4,
-        flips: bool = True,
+        flips: FlipMode = True,
         rot90: bool = True,
         min_foreground: float = 0.0,
         foreground_level: float = -0.9,
@@ -1164,7 +1175,7 @@ class FieldDataModule(PriorDataModule):
         patch_size: tuple[int, int] | None = None,
         repeats: int = 1,
         val_repeats: int = 1,
-        flips: bool = False,
+        flips: FlipMode = False,
         rot90: bool = False,
         min_foreground: float = 0.0,
         foreground_level: float = -0.9,

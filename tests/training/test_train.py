@@ -137,6 +137,11 @@ def test_yaml_typo_fails_naming_the_key(tmp_path: Path, volumes: list[Path], cap
         )
     assert "chanels" in capsys.readouterr().err
 
+    with pytest.raises(SystemExit):  # a value outside the typed choices (true / false / horizontal / vertical)
+        main_train([str(tmp_path / "ok.yaml"), "--data.init_args.flips", "sideways", "--print_config"])
+    err = capsys.readouterr().err
+    assert 'Parser key "flips"' in err and "sideways" in err
+
 
 def test_bad_path_names_the_file(tmp_path: Path, volumes: list[Path], capsys):
     missing = str(tmp_path / "nowhere" / "scan.nii.gz")
@@ -152,9 +157,10 @@ def test_bad_path_names_the_file(tmp_path: Path, volumes: list[Path], capsys):
 def test_print_config_applies_overrides(tmp_path: Path, volumes: list[Path], capsys):
     path = write_config(tmp_path / "ok.yaml", tiny_config(tmp_path, volumes))
     with pytest.raises(SystemExit) as e:
-        main_train([str(path), "--model.lr", "0.123", "--print_config"])
+        main_train([str(path), "--model.lr", "0.123", "--data.init_args.flips", "horizontal", "--print_config"])
     assert e.value.code in (0, None)
     out = capsys.readouterr().out
+    assert "flips: horizontal" in out
     assert "lr: 0.123" in out and "class_path: sciprior.datasets.training_sets.SliceDataModule" in out
     assert "precision: 32-true" in out  # the CPU default
 

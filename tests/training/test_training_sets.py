@@ -16,6 +16,7 @@ from sciprior.datasets.training_sets import (
     FieldDataModule,
     HyperspectralDataModule,
     SliceDataModule,
+    random_view,
     resolve_paths,
     window_to_unit,
 )
@@ -112,6 +113,27 @@ def test_views_are_deterministic_per_epoch_and_index(tmp_path: Path):
     full = ds.base[5 % 4].flatten()
     patch = ds[(5, 0)].flatten()
     assert all(bool((full == v).any()) for v in patch)
+
+
+def test_flips_on_one_axis_only():
+    """"horizontal" mirrors columns only, "vertical" rows only, True both; the coins are the same draws in
+    every mode (so True reproduces the views of earlier runs and one-axis modes are the same coins, masked)."""
+    x = torch.arange(12.0).reshape(1, 3, 4)
+    seen: dict[object, set[str]] = {mode: set() for mode in (True, "horizontal", "vertical", False)}
+    for seed in range(40):
+        coins = np.random.default_rng(seed).random(2) < 0.5
+        for mode in seen:
+            y = random_view(x, np.random.default_rng(seed), None, mode, False, -1.0)
+            h = bool(coins[0]) and mode in (True, "horizontal")
+            v = bool(coins[1]) and mode in (True, "vertical")
+            want = x.flip(-1) if h else x
+            want = want.flip(-2) if v else want
+            assert torch.equal(y, want), (seed, mode)
+            seen[mode].add("h" * h + "v" * v)
+    assert seen[True] == {"", "h", "v", "hv"} and seen["horizontal"] == {"", "h"}
+    assert seen["vertical"] == {"", "v"} and seen[False] == {""}
+    with pytest.raises(ValueError, match="SliceDataModule.flips"):
+        SliceDataModule("sample:mni152_t1", flips="diagonal")
 
 
 def test_epoch_sampler_shards_are_disjoint_and_reshuffled():
