@@ -388,7 +388,8 @@ def tune_solver(name: str, nfe: int, den: Denoiser, case: Case, base: dict[str, 
         point = dict(zip(keys, values))
         psnrs = []
         for seed in range(TUNE_REPEATS[name]):
-            res = fn(den, case.problem, seeds=[seed] * case.problem.batch_size, progress=False, **base, **point)
+            kwargs = {**base, **point}  # a grid point overrides a --set value of the same key
+            res = fn(den, case.problem, seeds=[seed] * case.problem.batch_size, progress=False, **kwargs)
             psnrs.append(score(res.mean.detach().to(torch.float64), ref)["psnr"])
         key = ", ".join(f"{k}={_short(v)}" for k, v in point.items())
         scores[key], points[key] = sum(psnrs) / len(psnrs), point

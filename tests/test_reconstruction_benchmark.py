@@ -50,7 +50,7 @@ def test_tune_solver_picks_the_best_grid_point(monkeypatch):
     prior, case = _inpainting_case()
     monkeypatch.setitem(rb.SOLVER_GRIDS, "dds", {"cg_iters": [0, 5], "eta": [0.5]})
     monkeypatch.setitem(rb.TUNE_REPEATS, "dds", 2)
-    t = rb.tune_solver("dds", 10, prior, case, {"steps": 10}, lambda msg: None)
+    t = rb.tune_solver("dds", 10, prior, case, {"steps": 10, "eta": 0.85}, lambda msg: None)  # grid wins
     assert set(t["grid"]) == {"cg_iters=0, eta=0.5", "cg_iters=5, eta=0.5"}
     assert t["settings"] == {"cg_iters": 5, "eta": 0.5}
     assert t["grid"]["cg_iters=5, eta=0.5"] > t["grid"]["cg_iters=0, eta=0.5"] + 3.0
