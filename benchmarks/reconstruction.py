@@ -373,14 +373,12 @@ def tune_solver(name: str, nfe: int, den: Denoiser, case: Case, base: dict[str, 
                 log: Callable[[str], None]) -> dict[str, Any]:
     """The ``SOLVER_GRIDS[name]`` point with the best mean PSNR over ``TUNE_REPEATS[name]`` posterior samples
     (seeds 0..K-1) on the tuning problem, at ``nfe`` NFE; ``base`` holds the settings that stay fixed."""
+    import dataclasses
     import itertools
-
-    from sciprior.solvers import get_solver
 
     grid = SOLVER_GRIDS[name]
     keys = list(grid)
     ref = case.problem.reference.to(torch.float64)
-    fn = get_solver(name)
     scores: dict[str, float] = {}
     points: dict[str, dict[str, Any]] = {}
     t0 = time.perf_counter()
@@ -388,9 +386,9 @@ def tune_solver(name: str, nfe: int, den: Denoiser, case: Case, base: dict[str, 
         point = dict(zip(keys, values))
         psnrs = []
         for seed in range(TUNE_REPEATS[name]):
-            kwargs = {**base, **point}  # a grid point overrides a --set value of the same key
-            res = fn(den, case.problem, seeds=[seed] * case.problem.batch_size, progress=False, **kwargs)
-            psnrs.append(score(res.mean.detach().to(torch.float64), ref)["psnr"])
+            # run as the test problems are (run_solver), with this seed; a grid point overrides a --set value
+            x, _ = run_solver(name, den, dataclasses.replace(case, seed=seed), {**base, **point})
+            psnrs.append(score(x.detach().to(torch.float64), ref)["psnr"])
         key = ", ".join(f"{k}={_short(v)}" for k, v in point.items())
         scores[key], points[key] = sum(psnrs) / len(psnrs), point
         log(f"  tuning {name}:{nfe} on {case.name}: {key}: {scores[key]:.2f} dB")
