@@ -8,7 +8,13 @@ precision plumbing; checkpointing, progress bar and validation are off in both. 
 (Lightning, plain, Lightning, ...) so that drifting machine load affects both alike; the table reports
 the median images/s over the repeats, timing only steps after ``warmup`` untimed steps.
 
+The network is the one of the shipped MRI prior (``model.network`` of ``configs/mri/train.yaml``). Each
+precision in ``--precision`` is measured the same way: ``32-true`` (float32) and ``bf16-mixed``
+(Lightning's bf16 autocast; the plain loop wraps its forward pass and loss in the same
+``torch.autocast(device, bfloat16)``), so the table also shows what bf16 autocast buys on this CPU.
+
     .venv/bin/python benchmarks/training.py [--size 64] [--batch 16] [--steps 20] [--repeats 3]
+        [--precision 32-true bf16-mixed]
 
 Writes ``docs/benchmarks/training.md``.
 """
@@ -24,20 +30,19 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+import yaml
 from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
 from torch.utils.data import DataLoader, TensorDataset
 
 from sciprior.priors.edm import EDMDenoiser
 from sciprior.priors.networks import build_unet, count_parameters
+from sciprior.training.cli import cpu_has_native_bf16
 from sciprior.training.module import EMA, EDMPriorModule, WarmupSchedule, stream_seed
 
-NETWORK = {
-    "channels": [32, 64, 64],
-    "attention_levels": [False, False, True],
-    "num_res_blocks": 1,
-    "num_head_channels": 32,
-    "norm_num_groups": 16,
-}
+ROOT = Path(__file__).resolve().parents[1]
+#: the shipped MRI prior's network (build_unet arguments)
+NETWORK: dict = yaml.safe_load((ROOT / "configs" / "mri" / "train.yaml").read_text())["model"]["network"]
+PRECISIONS = ("32-true", "bf16-mixed")
 
 
 def _data(n_batches: int, batch: int, size: int) -> DataLoader:
@@ -73,7 +78,7 @@ def _rates(images: int, t0: tuple[float, float], t1: tuple[float, float]) -> tup
     return images / (t1[0] - t0[0]), images / (t1[1] - t0[1])
 
 
-def lightning_run(steps: int, warmup: int, batch: int, size: int) -> tuple[float, float]:
+def lightning_run(steps: int, warmup: int, batch: int, size: int, precision: str = "32-true") -> tuple[float, float]:
     """Images/s (wall, CPU) of EDMPriorModule under a Lightning Trainer (timed steps only)."""
     torch.manual_seed(0)
     model = EDMPriorModule(network=dict(NETWORK), warmup_steps=10, lr=2e-4)
@@ -87,7 +92,7 @@ def lightning_run(steps: int, warmup: int, batch: int, size: int) -> tuple[float
         enable_progress_bar=False,
         enable_model_summary=False,
         gradient_clip_val=1.0,
-        precision="32-true",
+        precision=precision,
         limit_val_batches=0,
         callbacks=[EMA(decay=0.999), timer],
     )
@@ -95,8 +100,10 @@ def lightning_run(steps: int, warmup: int, batch: int, size: int) -> tuple[float
     return _rates(steps * batch, timer.t0, timer.t1)
 
 
-def plain_run(steps: int, warmup: int, batch: int, size: int) -> tuple[float, float]:
+def plain_run(steps: int, warmup: int, batch: int, size: int, precision: str = "32-true") -> tuple[float, float]:
     """Images/s (wall, CPU) of the same training step written as a plain PyTorch loop."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     torch.manual_seed(0)
     den = EDMDenoiser(build_unet(**NETWORK))
     den.train()
@@ -108,7 +115,8 @@ def plain_run(steps: int, warmup: int, batch: int, size: int) -> tuple[float, fl
         if i == warmup:
             t0 = _clock()
         gen = torch.Generator().manual_seed(stream_seed(0, 0, 0, 0, i))
-        loss = den.loss(x, generator=gen)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+            loss = den.loss(x, generator=gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(den.parameters(), 1.0)
@@ -130,52 +138,76 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20, help="timed steps per run")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per run")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument(
-        "--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "training.md")
-    )
+    p.add_argument("--precision", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
+    p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "training.md"))
     args = p.parse_args(argv)
 
-    lit, plain = [], []
-    for r in range(args.repeats):
-        lit.append(lightning_run(args.steps, args.warmup, args.batch, args.size))
-        plain.append(plain_run(args.steps, args.warmup, args.batch, args.size))
-        print(
-            f"repeat {r}: lightning {lit[-1][0]:.2f} img/s wall, {lit[-1][1]:.2f} img/CPU-s; "
-            f"plain {plain[-1][0]:.2f} img/s wall, {plain[-1][1]:.2f} img/CPU-s",
-            flush=True,
+    rows, overheads, medians = [], [], {}
+    for precision in args.precision:
+        lit, plain = [], []
+        for r in range(args.repeats):
+            lit.append(lightning_run(args.steps, args.warmup, args.batch, args.size, precision))
+            plain.append(plain_run(args.steps, args.warmup, args.batch, args.size, precision))
+            print(
+                f"{precision} repeat {r}: lightning {lit[-1][0]:.2f} img/s wall, {lit[-1][1]:.2f} img/CPU-s; "
+                f"plain {plain[-1][0]:.2f} img/s wall, {plain[-1][1]:.2f} img/CPU-s",
+                flush=True,
+            )
+        med = {
+            name: [statistics.median(v[k] for v in runs) for k in (0, 1)]
+            for name, runs in (("lightning", lit), ("plain", plain))
+        }
+        medians[precision] = med
+        over = [100.0 * (med["plain"][k] / med["lightning"][k] - 1.0) for k in (0, 1)]
+        rows += [
+            f"| `sciprior train` (EDMPriorModule + Trainer) | {precision} | {med['lightning'][0]:.2f} "
+            f"| {med['lightning'][1]:.2f} | {_runs([v[0] for v in lit])}; {_runs([v[1] for v in lit])} |",
+            f"| plain PyTorch loop | {precision} | {med['plain'][0]:.2f} | {med['plain'][1]:.2f} "
+            f"| {_runs([v[0] for v in plain])}; {_runs([v[1] for v in plain])} |",
+        ]
+        overheads.append(
+            f"- {precision}: {over[1]:+.1f}% in CPU time, {over[0]:+.1f}% in wall time (goal: under 10%)."
         )
-    med = {
-        name: [statistics.median(v[k] for v in runs) for k in (0, 1)]
-        for name, runs in (("lightning", lit), ("plain", plain))
-    }
-    over = [100.0 * (med["plain"][k] / med["lightning"][k] - 1.0) for k in (0, 1)]
+    speedup = []
+    if all(q in medians for q in PRECISIONS):
+        f32, b16 = medians["32-true"]["lightning"], medians["bf16-mixed"]["lightning"]
+        speedup = [
+            "",
+            f"bf16-mixed vs 32-true under `sciprior train`: {b16[0] / f32[0]:.2f}x the images per wall second "
+            f"({b16[1] / f32[1]:.2f}x per CPU-second). `sciprior train` picks bf16-mixed by default on CPUs with "
+            "native bfloat16 (AVX512-BF16 or AMX) and on CUDA devices with bfloat16; this CPU has native bf16: "
+            f"{cpu_has_native_bf16()}.",
+        ]
     params = count_parameters(build_unet(**NETWORK))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    attention = [i for i, a in enumerate(NETWORK["attention_levels"]) if a]
     table = "\n".join(
         [
             "# Training throughput: Lightning vs plain PyTorch",
             "",
-            "Generated by `benchmarks/training.py`. Same EDM denoiser (MONAI DiffusionModelUNet, "
-            f"{params:,} parameters, channels {NETWORK['channels']}, attention at the last level), "
-            f"same batches ({args.batch} x 1 x {args.size} x {args.size}, float32), "
-            "same per-step work (EDM loss, backward, gradient clipping, AdamW + warm-up, EMA update). "
-            f"Median over {args.repeats} alternating repeats of {args.steps} timed steps (after {args.warmup} "
-            "untimed). Wall-clock rates depend on what else runs on the machine; CPU-time rates (images per "
-            "CPU-second of the training process, all threads) do not, and measure the overhead itself.",
+            "Generated by `benchmarks/training.py`. Same EDM denoiser (MONAI DiffusionModelUNet of the shipped "
+            f"MRI prior, configs/mri/train.yaml: {params:,} parameters, channels {NETWORK['channels']}, "
+            f"{NETWORK['num_res_blocks']} res block per level, attention at levels {attention}), "
+            f"same batches ({args.batch} x 1 x {args.size} x {args.size}), "
+            "same per-step work (EDM loss, backward, gradient clipping, AdamW + warm-up, EMA update), same "
+            "precision (float32 weights and optimizer in both; bf16-mixed autocasts the forward pass and loss "
+            f"in both). Median over {args.repeats} alternating repeats of {args.steps} timed steps (after "
+            f"{args.warmup} untimed). Wall-clock rates depend on what else runs on the machine; CPU-time rates "
+            "(images per CPU-second of the training process, all threads) do not, and measure the overhead "
+            "itself.",
             "",
             f"Machine: {os.cpu_count()} CPUs ({platform.machine()}), torch {torch.__version__} with "
             f"{torch.get_num_threads()} threads, lightning {pl.__version__}; 1-minute load average at the end: "
             f"{load:.1f}.",
             "",
-            "| loop | images/s (wall, median) | images per CPU-second (median) | runs (wall; CPU) |",
-            "| --- | --- | --- | --- |",
-            f"| `sciprior train` (EDMPriorModule + Trainer) | {med['lightning'][0]:.2f} | {med['lightning'][1]:.2f} "
-            f"| {_runs([v[0] for v in lit])}; {_runs([v[1] for v in lit])} |",
-            f"| plain PyTorch loop | {med['plain'][0]:.2f} | {med['plain'][1]:.2f} "
-            f"| {_runs([v[0] for v in plain])}; {_runs([v[1] for v in plain])} |",
+            "| loop | precision | images/s (wall, median) | images per CPU-second (median) | runs (wall; CPU) |",
+            "| --- | --- | --- | --- | --- |",
+            *rows,
             "",
-            f"Lightning overhead (time per image, Lightning vs plain): {over[1]:+.1f}% in CPU time, "
-            f"{over[0]:+.1f}% in wall time (goal: under 10%).",
+            "Lightning overhead (time per image, Lightning vs plain):",
+            "",
+            *overheads,
+            *speedup,
             "",
         ]
     )

@@ -541,6 +541,44 @@ class ExtractExample(Transform):
 FlipMode = bool | Literal["horizontal", "vertical"]
 
 
+@dataclass(frozen=True)
+class RandomAffine:
+    """Random in-plane affine jitter of every training view, about the image centre: a rotation by
+    U(-rotate, rotate) degrees, an isotropic zoom by U(1 - scale, 1 + scale) and a shift by
+    U(-translate, translate) of the image size along each axis (the head tilts, sizes and positions of real
+    scans). Resampled bicubically, filled with ``pad_value`` outside the image, clipped to the view's range."""
+
+    rotate: float = 0.0  # degrees
+    scale: float = 0.0  # relative
+    translate: float = 0.0  # fraction of the image size
+
+    def __post_init__(self):
+        for key in ("rotate", "scale", "translate"):
+            if not getattr(self, key) >= 0:
+                raise ValueError(f"affine.{key} must be >= 0, got {getattr(self, key)!r}")
+        if self.scale >= 1:
+            raise ValueError(f"affine.scale must be < 1 (a zoom factor in (1 - scale, 1 + scale)), got {self.scale}")
+
+
+def random_affine(x: Tensor, rng: np.random.Generator, affine: RandomAffine, pad_value: float) -> Tensor:
+    """``x`` (C, H, W) rotated, zoomed and shifted by parameters drawn from ``rng`` (always 4 draws)."""
+    u = rng.uniform(-1.0, 1.0, size=4)
+    angle = np.deg2rad(affine.rotate * u[0])
+    zoom = 1.0 + affine.scale * u[1]
+    # affine_grid maps output to input coordinates, normalised to [-1, 1] per axis: the inverse of the image
+    # transform; the rotation is one in pixels (h / w, w / h terms), so non-square images are not sheared
+    h, w = x.shape[-2:]
+    cos, sin = np.cos(angle) / zoom, np.sin(angle) / zoom
+    theta = torch.tensor(
+        [[cos, -sin * h / w, -2 * affine.translate * u[2]], [sin * w / h, cos, -2 * affine.translate * u[3]]],
+        dtype=torch.float32,
+    )
+    img = x.float().unsqueeze(0) - pad_value
+    grid = F.affine_grid(theta.unsqueeze(0), list(img.shape), align_corners=False)
+    out = F.grid_sample(img, grid, mode="bicubic", padding_mode="zeros", align_corners=False)[0] + pad_value
+    return out.clamp(min(float(x.min()), pad_value), max(float(x.max()), pad_value)).to(x.dtype)
+
+
 def random_view(
     x: Tensor,
     rng: np.random.Generator,
@@ -548,10 +586,12 @@ def random_view(
     flips: FlipMode,
     rot90: bool,
     pad_value: float,
+    affine: RandomAffine | None = None,
 ) -> Tensor:
     """A random patch (padded with ``pad_value`` if the image is smaller), then random flips (``flips``: both
-    axes, or only "horizontal" / "vertical") and a random multiple of 90 degrees (180 only, for non-square
-    patches). Both flip coins are drawn whatever ``flips`` allows, so the random stream does not depend on it."""
+    axes, or only "horizontal" / "vertical"), a random multiple of 90 degrees (180 only, for non-square
+    patches) and a random affine jitter (``affine``). Both flip coins are drawn whatever ``flips`` allows, so
+    the random stream does not depend on it; the affine draws come last (views without it are unchanged)."""
     if patch_size is not None:
         ph, pw = patch_size
         h, w = x.shape[-2:]
@@ -573,6 +613,8 @@ def random_view(
         k = int(rng.integers(0, 4)) if square else 2 * int(rng.integers(0, 2))
         if k:
             x = torch.rot90(x, k, dims=(-2, -1))
+    if affine is not None:
+        x = random_affine(x, rng, affine, pad_value)
     return x.contiguous()
 
 
@@ -593,12 +635,14 @@ class ExampleViews(Dataset):
         flips: FlipMode,
         rot90: bool,
         pad_value: float,
+        affine: RandomAffine | None = None,
     ):
         if repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {repeats}")
         self.base, self.repeats, self.train, self.seed = base, int(repeats), train, int(seed)
         self.patch_size = tuple(patch_size) if patch_size is not None else None
         self.flips, self.rot90, self.pad_value = flips and train, rot90 and train, pad_value
+        self.affine = affine if train else None
 
     def __len__(self) -> int:
         return len(self.base) * self.repeats
@@ -608,12 +652,11 @@ class ExampleViews(Dataset):
         if not 0 <= idx < len(self):
             raise IndexError(f"index {idx} out of range for {len(self)} examples")
         x = self.base[idx % len(self.base)]
-        if not (self.patch_size or self.flips or self.rot90):
+        if not (self.patch_size or self.flips or self.rot90 or self.affine):
             return x
         stream = [self.seed, epoch + 1, idx] if self.train else [self.seed, 0, idx]
-        return random_view(
-            x, np.random.default_rng(stream), self.patch_size, self.flips, self.rot90, self.pad_value
-        )
+        rng = np.random.default_rng(stream)
+        return random_view(x, rng, self.patch_size, self.flips, self.rot90, self.pad_value, self.affine)
 
 
 class EpochSampler(DistributedSampler):
@@ -688,6 +731,7 @@ class PriorDataModule(pl.LightningDataModule):
         flips: random flips in training: True (both axes), False, "horizontal" (columns: left-right in the
             usual display; for real heads, which are left-right symmetric only roughly) or "vertical".
         rot90: random 90 degree rotations in training.
+        affine: random rotation / zoom / shift of every training view (:class:`RandomAffine`), or None.
         min_foreground: drop examples whose fraction of pixels above ``foreground_level`` (prior units)
             is smaller (e.g. empty slices at the top of a head).
         cache: ``memory`` (MONAI CacheDataset), ``disk`` (PersistentDataset in ``cache_dir``) or ``none``.
@@ -721,6 +765,7 @@ class PriorDataModule(pl.LightningDataModule):
         pad_value: float = -1.0,
         seed: int = 0,
         pin_memory: bool = False,
+        affine: RandomAffine | None = None,
     ):
         super().__init__()
         name = type(self).__name__
@@ -744,12 +789,15 @@ class PriorDataModule(pl.LightningDataModule):
         self.spatial_size = tuple(spatial_size) if spatial_size is not None else None
         self.patch_size = tuple(patch_size) if patch_size is not None else None
         self.repeats, self.val_repeats = int(repeats), int(val_repeats)
-        if flips not in (True, False, "horizontal", "vertical"):
+        if not (isinstance(flips, bool) or flips in ("horizontal", "vertical")):  # 1 == True: not a mode
             raise ValueError(f"{name}.flips must be true, false, 'horizontal' or 'vertical', got {flips!r}")
         self.flips, self.rot90 = flips, bool(rot90)
         self.min_foreground, self.foreground_level = float(min_foreground), float(foreground_level)
         self.cache, self.cache_dir, self.pad_value = cache, cache_dir, float(pad_value)
         self.seed, self.pin_memory = int(seed), bool(pin_memory)
+        if affine is not None and not isinstance(affine, RandomAffine):
+            affine = RandomAffine(**affine) if isinstance(affine, dict) else affine
+        self.affine = affine
         if self.val_files_given is not None:
             self.train_files, self.val_files = list(self.files), list(self.val_files_given)
             both = sorted(set(map(str, self.train_files)) & set(map(str, self.val_files)))
@@ -845,6 +893,7 @@ class PriorDataModule(pl.LightningDataModule):
             flips=self.flips,
             rot90=self.rot90,
             pad_value=self.pad_value,
+            affine=self.affine,
         )
         self.train_set = ExampleViews(self._cached(self.train_items, transform), self.repeats, True, **common)
         self.val_set = ExampleViews(
@@ -981,6 +1030,7 @@ class SliceDataModule(PriorDataModule):
         pad_value: float = -1.0,
         seed: int = 0,
         pin_memory: bool = False,
+        affine: RandomAffine | None = None,
     ):
         super().__init__(
             paths,
@@ -1003,6 +1053,7 @@ class SliceDataModule(PriorDataModule):
             pad_value,
             seed,
             pin_memory,
+            affine,
         )
         self.reader = SliceReader(
             intensity,
@@ -1050,6 +1101,7 @@ class FastMRIDataModule(PriorDataModule):
         pad_value: float = 0.0,
         seed: int = 0,
         pin_memory: bool = False,
+        affine: RandomAffine | None = None,
     ):
         super().__init__(
             paths,
@@ -1072,6 +1124,7 @@ class FastMRIDataModule(PriorDataModule):
             pad_value,
             seed,
             pin_memory,
+            affine,
         )
         self.reader = FastMRIReader(
             output, tuple(crop) if crop is not None else None, scale_percentile, acs_lines
@@ -1116,6 +1169,7 @@ class HyperspectralDataModule(PriorDataModule):
         pad_value: float = -1.0,
         seed: int = 0,
         pin_memory: bool = False,
+        affine: RandomAffine | None = None,
     ):
         super().__init__(
             paths,
@@ -1138,6 +1192,7 @@ class HyperspectralDataModule(PriorDataModule):
             pad_value,
             seed,
             pin_memory,
+            affine,
         )
         self.reader = CubeReader(
             key, band_axis, list(bands) if bands is not None else None, intensity, tuple(percentiles)
@@ -1184,6 +1239,7 @@ class FieldDataModule(PriorDataModule):
         pad_value: float = 0.0,
         seed: int = 0,
         pin_memory: bool = False,
+        affine: RandomAffine | None = None,
     ):
         super().__init__(
             paths,
@@ -1206,6 +1262,7 @@ class FieldDataModule(PriorDataModule):
             pad_value,
             seed,
             pin_memory,
+            affine,
         )
         if not variables:
             raise ValueError("FieldDataModule.variables must name at least one variable")

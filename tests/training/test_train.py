@@ -9,7 +9,7 @@ import torch
 from conftest import tiny_config, write_config
 
 from sciprior.priors.checkpoint import load_checkpoint, read_config
-from sciprior.training.cli import main_train
+from sciprior.training.cli import cpu_has_native_bf16, default_precision, main_train
 from sciprior.training.module import EDMPriorModule
 
 
@@ -162,7 +162,21 @@ def test_print_config_applies_overrides(tmp_path: Path, volumes: list[Path], cap
     out = capsys.readouterr().out
     assert "flips: horizontal" in out
     assert "lr: 0.123" in out and "class_path: sciprior.datasets.training_sets.SliceDataModule" in out
-    assert "precision: 32-true" in out  # the CPU default
+    assert f"precision: {default_precision()}" in out  # the machine's default
+
+
+def test_default_precision_follows_native_bf16(monkeypatch):
+    """bf16 autocast only where the hardware computes bfloat16 (emulated bf16 on a CPU is slower than float32)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for avx512_bf16, amx, want in [(True, False, "bf16-mixed"), (False, True, "bf16-mixed"), (False, False, "32-true")]:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
+        assert cpu_has_native_bf16() is (want == "bf16-mixed")
+        assert default_precision() == want
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for bf16, want in [(True, "bf16-mixed"), (False, "32-true")]:
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda v=bf16: v)
+        assert default_precision() == want
 
 
 def test_mismatched_channels_fail_before_training(tmp_path: Path, volumes: list[Path]):

@@ -15,7 +15,9 @@ from sciprior.datasets.training_sets import (
     FastMRIReader,
     FieldDataModule,
     HyperspectralDataModule,
+    RandomAffine,
     SliceDataModule,
+    random_affine,
     random_view,
     resolve_paths,
     window_to_unit,
@@ -132,8 +134,73 @@ def test_flips_on_one_axis_only():
             seen[mode].add("h" * h + "v" * v)
     assert seen[True] == {"", "h", "v", "hv"} and seen["horizontal"] == {"", "h"}
     assert seen["vertical"] == {"", "v"} and seen[False] == {""}
-    with pytest.raises(ValueError, match="SliceDataModule.flips"):
-        SliceDataModule("sample:mni152_t1", flips="diagonal")
+    for bad in ("diagonal", 1, 0):
+        with pytest.raises(ValueError, match="SliceDataModule.flips"):
+            SliceDataModule("sample:mni152_t1", flips=bad)
+
+
+class _Draws:
+    """A stand-in generator whose uniform draws are fixed (u in [-1, 1]: rotation, zoom, shift rows, shift cols)."""
+
+    def __init__(self, u):
+        self.u = np.asarray(u, dtype=float)
+
+    def uniform(self, low, high, size):
+        assert (low, high, size) == (-1.0, 1.0, 4)
+        return self.u
+
+
+def test_random_affine_is_exact_on_the_pixel_grid():
+    x = torch.rand(2, 8, 8) * 2 - 1
+    aff = RandomAffine(rotate=90.0, scale=0.5, translate=0.25)
+    assert torch.allclose(random_affine(x, _Draws([0, 0, 0, 0]), aff, -1.0), x, atol=1e-5)  # identity
+    turned = random_affine(x, _Draws([1, 0, 0, 0]), aff, -1.0)  # 90 degrees: pixel centres onto pixel centres
+    assert any(torch.allclose(turned, torch.rot90(x, k, dims=(-2, -1)), atol=1e-5) for k in (1, 3))
+    # a shift by 0.25 of the size = 2 pixels; the uncovered pixels get the pad value
+    shifted = random_affine(x, _Draws([0, 0, 1, 0]), aff, -1.0)
+    cols = random_affine(x, _Draws([0, 0, 0, 1]), aff, -1.0)
+    moved = [s for s in (shifted, cols) if not torch.allclose(s, x)]
+    assert len(moved) == 2
+    expect_a = torch.full_like(x, -1.0)
+    expect_a[:, :, 2:] = x[:, :, :-2]
+    expect_b = torch.full_like(x, -1.0)
+    expect_b[:, :, :-2] = x[:, :, 2:]
+    expect_c, expect_d = expect_a.transpose(-1, -2).clone(), expect_b.transpose(-1, -2).clone()
+    expect_c[:, 2:, :], expect_c[:, :2, :] = x[:, :-2, :], -1.0
+    expect_d[:, :-2, :], expect_d[:, -2:, :] = x[:, 2:, :], -1.0
+    for out in moved:
+        assert any(torch.allclose(out, e, atol=1e-5) for e in (expect_a, expect_b, expect_c, expect_d))
+    # a 1.5x zoom (scale 0.5, u = 1): bicubic overshoot is clipped to the range of the view and the pad value
+    noisy = x * 0.5  # in [-0.5, 0.5]
+    zoomed = random_affine(noisy, _Draws([0, 1, 0, 0]), aff, -1.0)
+    assert zoomed.min() >= -1.0 and zoomed.max() <= noisy.max() + 1e-6 and not torch.allclose(zoomed, noisy)
+
+
+def test_random_affine_rotates_non_square_images_without_shear():
+    """A disc stays a disc under rotation on a non-square grid (rotation in pixels, not normalised units)."""
+    h, w = 32, 48
+    yy, xx = torch.meshgrid(torch.arange(h) - (h - 1) / 2, torch.arange(w) - (w - 1) / 2, indexing="ij")
+    disc = torch.where(yy**2 + xx**2 <= 10.0**2, 1.0, -1.0)[None]
+    out = random_affine(disc, _Draws([1, 0, 0, 0]), RandomAffine(rotate=37.0), -1.0)
+    assert (out - disc).abs().mean() < 0.02
+
+
+def test_affine_jitter_in_training_views_only_and_bad_values_fail(tmp_path: Path):
+    dm = SliceDataModule("sample:mni152_t1", spatial_size=(32, 32), holdout=(74, 91), flips=False,
+                         affine={"rotate": 10.0, "scale": 0.1, "translate": 0.05}, min_foreground=0.05)
+    plain = SliceDataModule("sample:mni152_t1", spatial_size=(32, 32), holdout=(74, 91), flips=False,
+                            min_foreground=0.05)
+    dm.setup("fit")
+    plain.setup("fit")
+    assert isinstance(dm.affine, RandomAffine)
+    a, b = dm.train_set[(5, 0)], dm.train_set[(5, 1)]
+    assert not torch.allclose(a, b) and torch.equal(a, dm.train_set[(5, 0)])  # new draw per epoch, reproducible
+    assert not torch.allclose(a, plain.train_set[(5, 0)])
+    assert a.min() >= -1.0 - 1e-6 and a.shape == plain.train_set[(5, 0)].shape
+    assert all(torch.equal(dm.val_set[i], plain.val_set[i]) for i in range(len(plain.val_set)))  # val untouched
+    for bad in ({"rotate": -1.0}, {"scale": 1.0}, {"translate": float("nan")}):
+        with pytest.raises(ValueError, match="affine." + next(iter(bad))):
+            RandomAffine(**bad)
 
 
 def test_epoch_sampler_shards_are_disjoint_and_reshuffled():
