@@ -194,24 +194,28 @@ def heldout_set(prior_dir: str | os.PathLike, name: str, config_path: str | os.P
 def training_examples(section: dict[str, Any], max_examples: int = MAX_TRAIN_EXAMPLES) -> tuple[Tensor, int]:
     """Training examples of the run, as the data module yields them (``(N, C, h, w)``, N <= max_examples).
 
-    Whole-example priors: every training example (no flips). Patch priors: the training views of the
-    first epochs (their random patch positions and flips, as the run drew them) up to ``max_examples``.
-    Also returns how many examples the training set holds per epoch.
+    Whole-example priors: every training example as stored (no flips or affine jitter). Patch priors: the
+    training views of the first epochs (their random patch positions and flips, as the run drew them) up to
+    ``max_examples``. Also returns how many examples the training set holds per epoch.
     """
     dm = build_data_module(section)
     dm.setup("fit")
     train = dm.train_set
     if dm.patch_size is None:
-        keys: list[Any] = list(range(min(len(train), int(max_examples))))
+        stored = train.base
+        return torch.stack([stored[i] for i in range(min(len(stored), int(max_examples)))]).float(), len(train)
     else:
         keys = [(i, epoch) for epoch in range(math.ceil(max_examples / len(train))) for i in range(len(train))]
         keys = keys[: int(max_examples)]
     return torch.stack([train[k] for k in keys]).float(), len(train)
 
 
-def nearest(queries: Tensor, pool: Tensor) -> tuple[Tensor, Tensor]:
-    """Nearest ``pool`` example of each query (Euclidean over all pixels): (index (N,), RMS distance (N,))."""
+def nearest(queries: Tensor, pool: Tensor, exclude_self: bool = False) -> tuple[Tensor, Tensor]:
+    """Nearest ``pool`` example of each query (Euclidean over all pixels): (index (N,), RMS distance (N,)).
+    ``exclude_self``: queries are the pool; query i is not matched with pool item i (leave-one-out)."""
     d = torch.cdist(queries.flatten(1).double(), pool.flatten(1).double())
+    if exclude_self:
+        d.fill_diagonal_(float("inf"))
     dist, idx = d.min(dim=1)
     return idx, (dist / math.sqrt(queries[0].numel())).float()
 
@@ -388,6 +392,9 @@ def evaluate_prior(name: str, prior_dir: Path, out: Path, config_path: str | Non
     train, n_train = training_examples(section)
     nn_idx, nn_dist = nearest(samples.clamp(-1, 1), train)
     _, held_dist = nearest(held.examples, train)
+    # the spacing of the training set itself: each training example to its nearest other one (for slices of
+    # one volume: the neighbouring slice; a new slice between training slices sits about this far away)
+    _, loo_dist = nearest(train, train, exclude_self=True)
     files = ", ".join(Path(f).name for f in held.files)
     real_desc = (f"{len(real)} fixed validation patches of\n{files}" if held.patch_size else
                  f"{len(real)} real held-out examples: slices {held.indices[0]}..{held.indices[len(real) - 1]} of\n"
@@ -456,7 +463,8 @@ def evaluate_prior(name: str, prior_dir: Path, out: Path, config_path: str | Non
         "sampling": {"num_samples": NUM_SAMPLES, "steps": SAMPLE_STEPS, "nfe": 2 * SAMPLE_STEPS - 1,
                      "seeds": "0..15", "sample_stats": _stats(samples), "real_stats": _stats(real),
                      "nearest_training": {"searched": len(train), "training_set": n_train,
-                                          "samples_rms": _stats(nn_dist), "heldout_rms": _stats(held_dist)}},
+                                          "samples_rms": _stats(nn_dist), "heldout_rms": _stats(held_dist),
+                                          "training_rms": _stats(loo_dist)}},
         "denoising": {"sigmas": list(SIGMAS), "noise_seed": NOISE_SEED, "sets": sets},
         "seconds": {"samples": t_samples, "denoising": t_denoise, "total": time.perf_counter() - t0},
         "machine": machine_info(),
@@ -495,16 +503,22 @@ def _duration(training: dict[str, Any]) -> str:
 
 def _memorisation(nt: dict[str, Any]) -> list[str]:
     """The nearest-training-example distances as a sentence (a copy of the training set would be ~0)."""
-    sr, hr = nt["samples_rms"], nt["heldout_rms"]
+    sr, hr, tr = nt["samples_rms"], nt["heldout_rms"], nt.get("training_rms")
+    spacing = (f", and {tr['mean']:.3f} (min {tr['min']:.3f}) from each training example to its nearest other "
+               "training example (the spacing of the training set)") if tr else ""
+    verdict = ("A copy of a training example would be at ~0. Samples about as far from the training set as its "
+               "examples are from each other are new images in between them (for slices of one volume: new slice "
+               "positions); held-out images lie farther when they come from a slab kept apart from training; "
+               "samples much farther than those would be off the data.") if tr else (
+        "Samples much closer to the training set than held-out images are would mean copying; much farther, "
+        "that they are off the data.")
     return ["", f"Memorisation check: RMS distance (prior units) from each sample to its nearest training "
                 f"example, mean {sr['mean']:.3f} (min {sr['min']:.3f}), against {hr['mean']:.3f} (min "
-                f"{hr['min']:.3f}) from each real held-out image to its nearest training example "
+                f"{hr['min']:.3f}) from each real held-out image to its nearest training example{spacing} "
                 f"({nt['searched']} training examples searched" + (
                     f": the views of {nt['searched'] // nt['training_set']} epochs of {nt['training_set']}, "
                     f"a patch prior draws new patches every epoch" if nt['searched'] > nt['training_set'] else
-                    ": all of them") + "). Samples much closer "
-                "to the training set than held-out images are would mean copying; much farther, that they are "
-                "off the data."]
+                    ": all of them") + "). " + verdict]
 
 
 def render_section(r: dict[str, Any]) -> str:

@@ -35,7 +35,7 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX tiles), so that bf16 autocast is faster
-    than float32 (about 1.8x for the demo priors' U-Net on an AMD EPYC with AVX512-BF16,
+    than float32 (about 1.7x for the demo priors' U-Net on an AMD EPYC with AVX512-BF16,
     docs/benchmarks/training.md); without it bf16 is emulated and slower."""
     import torch
 

@@ -105,3 +105,9 @@ def test_nearest_training_example_finds_exact_copies_and_reports_rms() -> None:
     assert idx.tolist() == [7, 31]
     assert rms[0].item() == pytest.approx(0.0, abs=1e-6)
     assert rms[1].item() == pytest.approx(0.5, rel=1e-5)  # a constant offset of 0.5 on every pixel
+    # leave-one-out within the pool: never the item itself; a planted near-duplicate is found both ways
+    pool[12] = pool[3] + 0.01
+    idx, rms = pq.nearest(pool, pool, exclude_self=True)
+    assert (idx != torch.arange(len(pool))).all()
+    assert idx[3].item() == 12 and idx[12].item() == 3
+    assert rms[3].item() == pytest.approx(0.01, rel=1e-4)
