@@ -204,9 +204,8 @@ def training_examples(section: dict[str, Any], max_examples: int = MAX_TRAIN_EXA
     if dm.patch_size is None:
         stored = train.base
         return torch.stack([stored[i] for i in range(min(len(stored), int(max_examples)))]).float(), len(train)
-    else:
-        keys = [(i, epoch) for epoch in range(math.ceil(max_examples / len(train))) for i in range(len(train))]
-        keys = keys[: int(max_examples)]
+    keys = [(i, epoch) for epoch in range(math.ceil(max_examples / len(train))) for i in range(len(train))]
+    keys = keys[: int(max_examples)]
     return torch.stack([train[k] for k in keys]).float(), len(train)
 
 

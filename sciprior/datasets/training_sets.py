@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from monai.data import CacheDataset, PersistentDataset
 from monai.data import Dataset as MonaiDataset
-from monai.transforms import Transform
+from monai.transforms import Affine, Transform
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -561,21 +561,19 @@ class RandomAffine:
 
 
 def random_affine(x: Tensor, rng: np.random.Generator, affine: RandomAffine, pad_value: float) -> Tensor:
-    """``x`` (C, H, W) rotated, zoomed and shifted by parameters drawn from ``rng`` (always 4 draws)."""
-    u = rng.uniform(-1.0, 1.0, size=4)
-    angle = np.deg2rad(affine.rotate * u[0])
-    zoom = 1.0 + affine.scale * u[1]
-    # affine_grid maps output to input coordinates, normalised to [-1, 1] per axis: the inverse of the image
-    # transform; the rotation is one in pixels (h / w, w / h terms), so non-square images are not sheared
+    """``x`` (C, H, W) rotated, zoomed and shifted by parameters drawn from ``rng`` (always 4 draws), resampled by
+    MONAI's ``Affine`` (rotation and shift in pixel units, so non-square images are not sheared)."""
+    u = [float(v) for v in rng.uniform(-1.0, 1.0, size=4)]  # Python floats: MONAI builds the matrix in float32
     h, w = x.shape[-2:]
-    cos, sin = np.cos(angle) / zoom, np.sin(angle) / zoom
-    theta = torch.tensor(
-        [[cos, -sin * h / w, -2 * affine.translate * u[2]], [sin * w / h, cos, -2 * affine.translate * u[3]]],
-        dtype=torch.float32,
+    resample = Affine(
+        rotate_params=float(np.deg2rad(affine.rotate * u[0])),
+        scale_params=(1.0 + affine.scale * u[1],) * 2,
+        translate_params=(affine.translate * u[2] * h, affine.translate * u[3] * w),
+        mode="bicubic",
+        padding_mode="zeros",
+        image_only=True,
     )
-    img = x.float().unsqueeze(0) - pad_value
-    grid = F.affine_grid(theta.unsqueeze(0), list(img.shape), align_corners=False)
-    out = F.grid_sample(img, grid, mode="bicubic", padding_mode="zeros", align_corners=False)[0] + pad_value
+    out = resample(x.float() - pad_value).as_subclass(Tensor) + pad_value  # zeros outside = pad_value; no MetaTensor
     return out.clamp(min(float(x.min()), pad_value), max(float(x.max()), pad_value)).to(x.dtype)
 
 
@@ -795,8 +793,11 @@ class PriorDataModule(pl.LightningDataModule):
         self.min_foreground, self.foreground_level = float(min_foreground), float(foreground_level)
         self.cache, self.cache_dir, self.pad_value = cache, cache_dir, float(pad_value)
         self.seed, self.pin_memory = int(seed), bool(pin_memory)
-        if affine is not None and not isinstance(affine, RandomAffine):
-            affine = RandomAffine(**affine) if isinstance(affine, dict) else affine
+        if isinstance(affine, dict):  # from Python; the CLI passes a RandomAffine
+            try:
+                affine = RandomAffine(**affine)
+            except TypeError as e:
+                raise ValueError(f"{name}.affine: {e} (keys: rotate, scale, translate)") from None
         self.affine = affine
         if self.val_files_given is not None:
             self.train_files, self.val_files = list(self.files), list(self.val_files_given)

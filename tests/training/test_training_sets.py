@@ -196,11 +196,13 @@ def test_affine_jitter_in_training_views_only_and_bad_values_fail(tmp_path: Path
     a, b = dm.train_set[(5, 0)], dm.train_set[(5, 1)]
     assert not torch.allclose(a, b) and torch.equal(a, dm.train_set[(5, 0)])  # new draw per epoch, reproducible
     assert not torch.allclose(a, plain.train_set[(5, 0)])
-    assert a.min() >= -1.0 - 1e-6 and a.shape == plain.train_set[(5, 0)].shape
+    assert a.min() >= -1.0 - 1e-6 and a.shape == plain.train_set[(5, 0)].shape and type(a) is torch.Tensor
     assert all(torch.equal(dm.val_set[i], plain.val_set[i]) for i in range(len(plain.val_set)))  # val untouched
     for bad in ({"rotate": -1.0}, {"scale": 1.0}, {"translate": float("nan")}):
         with pytest.raises(ValueError, match="affine." + next(iter(bad))):
             RandomAffine(**bad)
+    with pytest.raises(ValueError, match="SliceDataModule.affine: .*rotat"):
+        SliceDataModule("sample:mni152_t1", affine={"rotat": 3.0})
 
 
 def test_epoch_sampler_shards_are_disjoint_and_reshuffled():
