@@ -18,7 +18,9 @@ Every data module follows one pipeline:
 5. Random patches (``patch_size``), flips and 90 degree rotations are drawn per item from a generator
    seeded by ``(seed, epoch, index)``: the examples do not depend on worker count, process count or
    restarts, so a resumed run sees exactly the batches it would have seen. Validation uses fixed
-   draws (the same every epoch) and no flips/rotations.
+   draws (the same every epoch) and no flips/rotations. Slices of 3D volumes can instead be viewed as
+   oblique planes re-cut from the full resolution volume (``SliceDataModule(tilt=, spin=)``,
+   :class:`ObliqueSliceViews`), kept clear of a held-out slab.
 
 The training sampler is a :class:`~torch.utils.data.DistributedSampler` (one shard per DDP rank,
 disjoint, reshuffled every epoch by Lightning's ``set_epoch``), also in a single process.
@@ -29,6 +31,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import importlib
+import math
 import os
 import threading
 from collections import OrderedDict
@@ -46,6 +49,8 @@ from monai.data import Dataset as MonaiDataset
 from monai.transforms import Affine, Transform
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from sciprior.datasets.oblique import Foreground, foreground_of, limit_tilt, oblique_slice, random_tilt
 
 #: ``sample:NAME`` path aliases -> (module, function returning the path). Fixed table: configs never
 #: name code. Each file ships inside an installed package (nothing is downloaded).
@@ -657,6 +662,72 @@ class ExampleViews(Dataset):
         return random_view(x, rng, self.patch_size, self.flips, self.rot90, self.pad_value, self.affine)
 
 
+class ObliqueSliceViews(ExampleViews):
+    """Training views of slices that are oblique planes of their volumes (:mod:`sciprior.datasets.oblique`).
+
+    The view of item ``{"path", "index"}`` is the plane through slice ``index`` tilted by a random pitch and
+    roll in [-tilt, tilt] degrees and turned in-plane by [-spin, spin] degrees, cut from the full resolution
+    volume, then padded and resized to ``spatial_size`` like the cached examples and given the flips, 90 degree
+    rotations and affine jitter of :class:`ExampleViews` (drawn after the angles, from the same generator).
+    ``keep_out = (lo, hi)`` are slices no training view may reach (a held-out slab and its margin): within
+    the volume's foreground the tilt of a view is shrunk (:func:`~sciprior.datasets.oblique.limit_tilt`) so its
+    plane stays on the item's side of it; a volume of one slice (a 2D file) gets no tilt. Every training volume
+    stays in memory (``volumes`` must hold them all).
+    """
+
+    def __init__(
+        self,
+        items: list[dict[str, Any]],
+        volumes: _VolumeCache,
+        spatial_size: tuple[int, int] | None,
+        tilt: float,
+        spin: float,
+        keep_out: tuple[int, int] | None,
+        foreground_level: float,
+        repeats: int,
+        seed: int,
+        patch_size: tuple[int, int] | None,
+        flips: FlipMode,
+        rot90: bool,
+        pad_value: float,
+        affine: RandomAffine | None = None,
+    ):
+        super().__init__(items, repeats, True, seed, patch_size, flips, rot90, pad_value, affine)
+        self.volumes, self.spatial_size = volumes, tuple(spatial_size) if spatial_size is not None else None
+        self.tilt, self.spin, self.keep_out = float(tilt), float(spin), keep_out
+        self.foreground_level = float(foreground_level)
+        self._foreground: dict[str, Foreground] = {}
+        self._shifted: dict[str, Tensor] = {}
+
+    def _room(self, index: int, n: int) -> float:
+        """Slices the plane through slice ``index`` of an ``n``-slice volume may move (inf: unlimited)."""
+        if n == 1:
+            return 0.0
+        if self.keep_out is None:
+            return math.inf
+        lo, hi = self.keep_out
+        return float(lo - 1 - index) if index < lo else float(index - hi) if index >= hi else 0.0
+
+    def __getitem__(self, key: int | tuple[int, int]) -> Tensor:
+        idx, epoch = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), -1)
+        if not 0 <= idx < len(self):
+            raise IndexError(f"index {idx} out of range for {len(self)} examples")
+        item = self.base[idx % len(self.base)]
+        path, index = item["path"], int(item["index"])
+        if path not in self._shifted:  # the volume minus pad_value: sampled with zeros outside, once per file
+            volume = torch.from_numpy(self.volumes(path))
+            self._foreground[path] = foreground_of(volume, self.foreground_level)
+            self._shifted[path] = volume - self.pad_value
+        shifted, fg = self._shifted[path], self._foreground[path]
+        rng = np.random.default_rng([self.seed, epoch + 1, idx])
+        pitch, roll, spin = random_tilt(rng, self.tilt, self.spin)
+        pitch, roll = limit_tilt(pitch, roll, fg.radius, self._room(index, shifted.shape[0]))
+        x = oblique_slice(shifted, index, pitch, roll, spin, (fg.row, fg.col), 0.0) + self.pad_value
+        if self.spatial_size is not None:
+            x = resize_example(x, self.spatial_size, self.pad_value)
+        return random_view(x, rng, self.patch_size, self.flips, self.rot90, self.pad_value, self.affine)
+
+
 class EpochSampler(DistributedSampler):
     """``DistributedSampler`` (shuffled, seeded, one disjoint shard per rank) yielding ``(index, epoch)``,
     so that the random views of an item depend on the epoch but not on workers or restarts.
@@ -896,10 +967,14 @@ class PriorDataModule(pl.LightningDataModule):
             pad_value=self.pad_value,
             affine=self.affine,
         )
-        self.train_set = ExampleViews(self._cached(self.train_items, transform), self.repeats, True, **common)
+        self.train_set = self._train_views(volumes, transform, common)
         self.val_set = ExampleViews(
             self._cached(self.val_items, transform), self.val_repeats, False, **common
         )
+
+    def _train_views(self, volumes: _VolumeCache, transform: ExtractExample, common: dict[str, Any]) -> ExampleViews:
+        """The training set: random views of the cached training examples (subclasses may view the files)."""
+        return ExampleViews(self._cached(self.train_items, transform), self.repeats, True, **common)
 
     @property
     def example_shape(self) -> tuple[int, ...]:
@@ -999,6 +1074,12 @@ class SliceDataModule(PriorDataModule):
         slice_axis: spatial axis (0, 1, 2 in ``axcodes`` order) along which slices are cut.
         image_reader: MONAI reader name (e.g. ``PydicomReader``, ``NibabelReader``), or None for auto.
         pixel_spacing: in-plane pixel size (mm) every slice is resampled to, or None (as stored).
+        tilt: oblique re-slicing of training views (:class:`ObliqueSliceViews`): each view is the plane through
+            its slice tilted by up to ``tilt`` degrees about both in-plane axes, cut from the full resolution
+            volume, so it shows anatomy no stored slice does (0: the stored slices). Angles are in voxel index
+            space (physical for isotropic voxels). Near ``holdout`` the tilt shrinks so that no view reaches
+            the held-out slab or its margin. Keeps every training volume in memory.
+        spin: in-plane rotation of the oblique views, up to ``spin`` degrees (at full resolution).
     """
 
     def __init__(
@@ -1032,6 +1113,8 @@ class SliceDataModule(PriorDataModule):
         seed: int = 0,
         pin_memory: bool = False,
         affine: RandomAffine | None = None,
+        tilt: float = 0.0,
+        spin: float = 0.0,
     ):
         super().__init__(
             paths,
@@ -1065,6 +1148,31 @@ class SliceDataModule(PriorDataModule):
             slice_axis,
             image_reader,
             pixel_spacing,
+        )
+        if not 0 <= tilt < 45:
+            raise ValueError(f"SliceDataModule.tilt must be in [0, 45) degrees, got {tilt!r}")
+        if not 0 <= spin <= 180:
+            raise ValueError(f"SliceDataModule.spin must be in [0, 180] degrees, got {spin!r}")
+        self.tilt, self.spin = float(tilt), float(spin)
+
+    def _train_views(self, volumes: _VolumeCache, transform: ExtractExample, common: dict[str, Any]) -> ExampleViews:
+        if not (self.tilt or self.spin):
+            return super()._train_views(volumes, transform, common)
+        keep_out = None
+        if self.holdout is not None:
+            keep_out = (self.holdout[0] - self.holdout_margin, self.holdout[1] + self.holdout_margin)
+        keep = _VolumeCache(self.reader, size=max(2, len(self.train_files)))  # every training volume, in memory
+        keep._store.update({p: a for p, a in volumes._store.items() if p in {str(f) for f in self.train_files}})
+        return ObliqueSliceViews(
+            self.train_items,
+            keep,
+            self.spatial_size,
+            self.tilt,
+            self.spin,
+            keep_out,
+            self.foreground_level,
+            self.repeats,
+            **common,
         )
 
 

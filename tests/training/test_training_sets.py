@@ -205,6 +205,67 @@ def test_affine_jitter_in_training_views_only_and_bad_values_fail(tmp_path: Path
         SliceDataModule("sample:mni152_t1", affine={"rotat": 3.0})
 
 
+def _slab_volume(folder: Path) -> Path:
+    """40 axial slices of 32 x 32: background -1, a head block whose training slices hold -0.5 + 0.01 z
+    (<= 0), margin slices 16..17 / 22..23 hold 0.5 and held-out slices 18..21 hold 1."""
+    import nibabel as nib
+
+    vol = np.full((32, 32, 40), -1.0, dtype=np.float32)
+    z = np.arange(40, dtype=np.float32)
+    vol[4:28, 6:26, :] = -0.5 + 0.01 * z
+    vol[4:28, 6:26, 16:24] = 0.5
+    vol[4:28, 6:26, 18:22] = 1.0
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "slab.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), str(path))
+    return path
+
+
+def test_oblique_views_never_reach_the_held_out_slab(tmp_path: Path):
+    path = _slab_volume(tmp_path)
+    kw = dict(intensity="hu_window", window=(-1.0, 1.0), holdout=(18, 22), holdout_margin=2, flips=False, batch_size=4)
+    dm = SliceDataModule(str(path), tilt=30.0, spin=20.0, **kw)
+    dm.setup("fit")
+    assert type(dm.train_set).__name__ == "ObliqueSliceViews"
+    assert sorted(it["index"] for it in dm.train_items) == [*range(16), *range(24, 40)]
+    far_tilted = 0
+    for epoch in range(6):
+        for i, item in enumerate(dm.train_items):
+            x = dm.train_set[(i, epoch)]
+            assert x.shape == (1, 32, 32)
+            assert float(x.max()) <= 1e-5, (item["index"], epoch)  # nothing of slices 16..23, even interpolated
+            head = x[0, 6:26, 8:24]  # rows/columns inside the block for small tilts
+            if item["index"] in (2, 36) and float(head.max() - head.min()) > 0.02:
+                far_tilted += 1  # tilted through several slices of the z ramp
+    assert far_tilted >= 6  # far from the slab the views are really oblique
+    torch.testing.assert_close(dm.train_set[(3, 1)], dm.train_set[(3, 1)], rtol=0, atol=0)  # reproducible
+    assert not torch.equal(dm.train_set[(3, 1)], dm.train_set[(3, 2)])  # new angles every epoch
+    # the slice next to the margin gets no tilt at all: the room is zero
+    i15 = next(i for i, it in enumerate(dm.train_items) if it["index"] == 15)
+    plain = SliceDataModule(str(path), spin=20.0, **kw)
+    plain.setup("fit")
+    assert type(plain.train_set).__name__ == "ObliqueSliceViews"
+    torch.testing.assert_close(dm.train_set[(i15, 4)], plain.train_set[(i15, 4)], rtol=0, atol=1e-6)
+
+
+def test_oblique_views_with_tiny_angles_are_the_cached_examples():
+    kw = dict(spatial_size=(48, 48), holdout=(74, 91), flips=False, min_foreground=0.05)
+    dm = SliceDataModule("sample:mni152_t1", tilt=1e-7, spin=1e-7, **kw)
+    ref = SliceDataModule("sample:mni152_t1", **kw)
+    dm.setup("fit")
+    ref.setup("fit")
+    assert len(dm.train_set) == len(ref.train_set)
+    for i in (0, 40, len(ref.train_set) - 1):
+        torch.testing.assert_close(dm.train_set[(i, 0)], ref.train_set[(i, 0)], rtol=0, atol=1e-4)
+    assert all(torch.equal(dm.val_set[i], ref.val_set[i]) for i in range(len(ref.val_set)))  # validation: stored slices
+
+
+def test_bad_tilt_or_spin_fails_naming_the_key():
+    for key, value in (("tilt", 45.0), ("tilt", -1.0), ("spin", float("nan")), ("spin", 200.0)):
+        with pytest.raises(ValueError, match=f"SliceDataModule.{key}"):
+            SliceDataModule("sample:mni152_t1", **{key: value})
+
+
 def test_epoch_sampler_shards_are_disjoint_and_reshuffled():
     data = list(range(21))
     per_rank = []
