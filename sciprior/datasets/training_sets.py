@@ -672,11 +672,12 @@ class ObliqueSliceViews(ExampleViews):
     ``keep_out = (lo, hi)`` are slices no training view may reach (a held-out slab and its margin): within
     the volume's foreground the tilt of a view is shrunk (:func:`~sciprior.datasets.oblique.limit_tilt`) so its
     plane stays on the item's side of it; a volume of one slice (a 2D file) gets no tilt. Every training volume
-    stays in memory (``volumes`` must hold them all).
+    stays in memory (``volumes`` must hold them all). ``base`` holds the stored (untilted) example of each item.
     """
 
     def __init__(
         self,
+        base: Dataset,
         items: list[dict[str, Any]],
         volumes: _VolumeCache,
         spatial_size: tuple[int, int] | None,
@@ -692,8 +693,11 @@ class ObliqueSliceViews(ExampleViews):
         pad_value: float,
         affine: RandomAffine | None = None,
     ):
-        super().__init__(items, repeats, True, seed, patch_size, flips, rot90, pad_value, affine)
-        self.volumes, self.spatial_size = volumes, tuple(spatial_size) if spatial_size is not None else None
+        if len(base) != len(items):
+            raise ValueError(f"ObliqueSliceViews: {len(base)} stored examples for {len(items)} items")
+        super().__init__(base, repeats, True, seed, patch_size, flips, rot90, pad_value, affine)
+        self.items, self.volumes = items, volumes
+        self.spatial_size = tuple(spatial_size) if spatial_size is not None else None
         self.tilt, self.spin, self.keep_out = float(tilt), float(spin), keep_out
         self.foreground_level = float(foreground_level)
         self._foreground: dict[str, Foreground] = {}
@@ -712,7 +716,7 @@ class ObliqueSliceViews(ExampleViews):
         idx, epoch = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), -1)
         if not 0 <= idx < len(self):
             raise IndexError(f"index {idx} out of range for {len(self)} examples")
-        item = self.base[idx % len(self.base)]
+        item = self.items[idx % len(self.items)]
         path, index = item["path"], int(item["index"])
         if path not in self._shifted:  # the volume minus pad_value: sampled with zeros outside, once per file
             volume = torch.from_numpy(self.volumes(path))
@@ -1164,6 +1168,7 @@ class SliceDataModule(PriorDataModule):
         keep = _VolumeCache(self.reader, size=max(2, len(self.train_files)))  # every training volume, in memory
         keep._store.update({p: a for p, a in volumes._store.items() if p in {str(f) for f in self.train_files}})
         return ObliqueSliceViews(
+            self._cached(self.train_items, transform),  # the stored slices (``base``), e.g. to check copying
             self.train_items,
             keep,
             self.spatial_size,

@@ -258,6 +258,7 @@ def test_oblique_views_with_tiny_angles_are_the_cached_examples():
     for i in (0, 40, len(ref.train_set) - 1):
         torch.testing.assert_close(dm.train_set[(i, 0)], ref.train_set[(i, 0)], rtol=0, atol=1e-4)
     assert all(torch.equal(dm.val_set[i], ref.val_set[i]) for i in range(len(ref.val_set)))  # validation: stored slices
+    assert all(torch.equal(dm.train_set.base[i], ref.train_set.base[i]) for i in (0, 50))  # stored examples kept
 
 
 def test_bad_tilt_or_spin_fails_naming_the_key():
