@@ -98,15 +98,15 @@ def oblique_slice(
     ``pad_value``. With all angles zero and an integer ``index`` it is exactly slice ``index``."""
     n, c, h, w = volume.shape
     m = rotation(pitch, roll, spin)
-    rows = torch.arange(h, dtype=torch.float64) - centre[0]
-    cols = torch.arange(w, dtype=torch.float64) - centre[1]
-    rr, cc = torch.meshgrid(rows, cols, indexing="ij")
-    offsets = torch.stack([torch.zeros_like(rr), rr, cc], dim=-1) @ m.T  # (H, W, 3): slice, row, column
-    points = offsets + torch.tensor([float(index), centre[0], centre[1]], dtype=torch.float64)
-    # grid_sample wants (x, y, z) = (column, row, slice), normalised to [-1, 1] with align_corners=True
-    sizes = torch.tensor([max(n - 1, 1), max(h - 1, 1), max(w - 1, 1)], dtype=torch.float64)
-    norm = 2.0 * points / sizes - 1.0
-    grid = norm.flip(-1).to(volume.dtype)[None, None]  # (1, 1, H, W, 3)
+    # grid_sample wants (x, y, z) = (column, row, slice), normalised to [-1, 1] with align_corners=True: the
+    # grid is affine in (r, c), so it is built from its two steps and origin (float64), then cast
+    scale = 2.0 / torch.tensor([max(n - 1, 1), max(h - 1, 1), max(w - 1, 1)], dtype=torch.float64)
+    step_r, step_c = m[:, 1] * scale, m[:, 2] * scale
+    start = torch.tensor([float(index), centre[0], centre[1]], dtype=torch.float64) * scale - 1.0
+    start = start - centre[0] * step_r - centre[1] * step_c  # (slice, row, column) of output pixel (0, 0)
+    rows = torch.arange(h, dtype=torch.float64)[:, None, None] * step_r.flip(0) + start.flip(0)  # (H, 1, 3)
+    cols = torch.arange(w, dtype=torch.float64)[None, :, None] * step_c.flip(0)  # (1, W, 3)
+    grid = (rows.to(volume.dtype) + cols.to(volume.dtype))[None, None]  # (1, 1, H, W, 3)
     vol = volume.permute(1, 0, 2, 3)[None]  # (1, C, N, H, W), a view
     if pad_value:
         vol = vol - pad_value  # zeros outside become pad_value (a copy: callers slicing often pass pad_value 0)
