@@ -650,10 +650,15 @@ class ExampleViews(Dataset):
     def __len__(self) -> int:
         return len(self.base) * self.repeats
 
-    def __getitem__(self, key: int | tuple[int, int]) -> Tensor:
+    def _index_epoch(self, key: int | tuple[int, int]) -> tuple[int, int]:
+        """``(index, epoch)`` of a key (epoch -1 for plain int keys), the index checked."""
         idx, epoch = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), -1)
         if not 0 <= idx < len(self):
             raise IndexError(f"index {idx} out of range for {len(self)} examples")
+        return idx, epoch
+
+    def __getitem__(self, key: int | tuple[int, int]) -> Tensor:
+        idx, epoch = self._index_epoch(key)
         x = self.base[idx % len(self.base)]
         if not (self.patch_size or self.flips or self.rot90 or self.affine):
             return x
@@ -713,9 +718,7 @@ class ObliqueSliceViews(ExampleViews):
         return float(lo - 1 - index) if index < lo else float(index - hi) if index >= hi else 0.0
 
     def __getitem__(self, key: int | tuple[int, int]) -> Tensor:
-        idx, epoch = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), -1)
-        if not 0 <= idx < len(self):
-            raise IndexError(f"index {idx} out of range for {len(self)} examples")
+        idx, epoch = self._index_epoch(key)
         item = self.items[idx % len(self.items)]
         path, index = item["path"], int(item["index"])
         if path not in self._shifted:  # the volume minus pad_value: sampled with zeros outside, once per file
