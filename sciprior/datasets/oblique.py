@@ -95,7 +95,8 @@ def oblique_slice(
     """The (C, H, W) plane of ``volume`` (N, C, H, W) through ``(index, *centre)`` (slice, row, column;
     voxels), rotated by :func:`rotation`. Output pixel (r, c) samples the volume at
     ``(index, *centre) + R @ (0, r - centre[0], c - centre[1])``, trilinearly; outside the volume it is
-    ``pad_value``. With all angles zero and an integer ``index`` it is exactly slice ``index``."""
+    ``pad_value``. With all angles zero and an integer ``index`` it is slice ``index`` (to the float32
+    rounding of the sampling grid, ~1e-6 relative)."""
     n, c, h, w = volume.shape
     m = rotation(pitch, roll, spin)
     # grid_sample wants (x, y, z) = (column, row, slice), normalised to [-1, 1] with align_corners=True: the
