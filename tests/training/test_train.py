@@ -111,6 +111,18 @@ def test_resume_continues_exactly(tmp_path: Path, volumes: list[Path]):
     assert 0 < saved < t4
 
 
+def test_resume_with_oblique_views_continues_exactly(tmp_path: Path, volumes: list[Path]):
+    """Oblique re-sliced views (tilt/spin) are drawn per (seed, epoch, index) like the others: 4 steps straight ==
+    3 steps + mid-epoch resume."""
+    opts = {"checkpoint.every_n_train_steps": 1, "checkpoint.every_n_epochs": None,
+            "data.init_args.tilt": 10.0, "data.init_args.spin": 10.0}
+    straight = _run(tmp_path / "straight", volumes, **{"trainer.max_steps": 4}, **opts)
+    run = _run(tmp_path / "stop3", volumes, **{"trainer.max_steps": 3}, **opts)
+    (run / "ckpt" / "last.ckpt").rename(run / "first.ckpt")
+    _run(run, volumes, "--ckpt_path", str(run / "first.ckpt"), **{"trainer.max_steps": 4}, **opts)
+    _same_weights(_ckpt(straight / "ckpt" / "last.ckpt"), _ckpt(run / "ckpt" / "last.ckpt"))
+
+
 def test_yaml_typo_fails_naming_the_key(tmp_path: Path, volumes: list[Path], capsys):
     cfg = tiny_config(tmp_path, volumes)
     cfg["model"]["warmup_stpes"] = 3
