@@ -94,25 +94,26 @@ def oblique_slice(
 ) -> Tensor:
     """The (C, H, W) plane of ``volume`` (N, C, H, W) through ``(index, *centre)`` (slice, row, column;
     voxels), rotated by :func:`rotation`. Output pixel (r, c) samples the volume at
-    ``(index, *centre) + R @ (0, r - centre[0], c - centre[1])``, trilinearly; outside the volume it is
-    ``pad_value``. With all angles zero and an integer ``index`` it is slice ``index`` (to the float32
-    rounding of the sampling grid, ~1e-6 relative)."""
+    ``(index, *centre) + R @ (0, r - centre[0], c - centre[1])``, trilinearly, with ``pad_value`` outside the
+    volume (voxels beyond the edges weigh in with that value). With all angles zero and an integer ``index`` it is
+    slice ``index`` (to the float32 rounding of the sampling grid, ~1e-6 relative). The volume is not copied."""
     n, c, h, w = volume.shape
     m = rotation(pitch, roll, spin)
-    # grid_sample wants (x, y, z) = (column, row, slice), normalised to [-1, 1] with align_corners=True: the
-    # grid is affine in (r, c), so it is built from its two steps and origin (float64), then cast
-    scale = 2.0 / torch.tensor([max(n - 1, 1), max(h - 1, 1), max(w - 1, 1)], dtype=torch.float64)
-    step_r, step_c = m[:, 1] * scale, m[:, 2] * scale
-    start = torch.tensor([float(index), centre[0], centre[1]], dtype=torch.float64) * scale - 1.0
-    start = start - centre[0] * step_r - centre[1] * step_c  # (slice, row, column) of output pixel (0, 0)
-    rows = torch.arange(h, dtype=torch.float64)[:, None, None] * step_r.flip(0) + start.flip(0)  # (H, 1, 3)
-    cols = torch.arange(w, dtype=torch.float64)[None, :, None] * step_c.flip(0)  # (1, W, 3)
-    grid = (rows.to(volume.dtype) + cols.to(volume.dtype))[None, None]  # (1, 1, H, W, 3)
-    vol = volume.permute(1, 0, 2, 3)[None]  # (1, C, N, H, W), a view
-    if pad_value:
-        vol = vol - pad_value  # zeros outside become pad_value (a copy: callers slicing often pass pad_value 0)
-    out = F.grid_sample(vol, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    return out[0, :, 0] + pad_value
+    # sample points in voxels, affine in (r, c): built from the origin and two steps in float64, then cast
+    start = torch.tensor([float(index), centre[0], centre[1]], dtype=torch.float64)
+    start = start - centre[0] * m[:, 1] - centre[1] * m[:, 2]  # (slice, row, column) of output pixel (0, 0)
+    rows = torch.arange(h, dtype=torch.float64)[:, None, None] * m[:, 1] + start  # (H, 1, 3)
+    cols = torch.arange(w, dtype=torch.float64)[None, :, None] * m[:, 2]  # (1, W, 3)
+    points = rows.to(volume.dtype) + cols.to(volume.dtype)  # (H, W, 3)
+    # grid_sample (zeros outside) wants (x, y, z) = (column, row, slice) in [-1, 1] (align_corners=True)
+    size = torch.tensor([n, h, w], dtype=volume.dtype)
+    grid = (2.0 * points / (size - 1).clamp(min=1) - 1.0).flip(-1)[None, None]  # (1, 1, H, W, 3)
+    out = F.grid_sample(volume.permute(1, 0, 2, 3)[None], grid, mode="bilinear", padding_mode="zeros",
+                        align_corners=True)[0, :, 0]
+    if pad_value:  # the interpolation weight that fell outside the volume takes pad_value (separable per axis)
+        inside = torch.minimum(points + 1.0, size - points).clamp(0.0, 1.0).prod(dim=-1)  # (H, W)
+        out = out + pad_value * (1.0 - inside)
+    return out
 
 
 def random_tilt(rng: np.random.Generator, tilt: float, spin: float) -> tuple[float, float, float]:

@@ -706,7 +706,6 @@ class ObliqueSliceViews(ExampleViews):
         self.tilt, self.spin, self.keep_out = float(tilt), float(spin), keep_out
         self.foreground_level = float(foreground_level)
         self._foreground: dict[str, Foreground] = {}
-        self._shifted: dict[str, Tensor] = {}
 
     def _room(self, index: int, n: int) -> float:
         """Slices the plane through slice ``index`` of an ``n``-slice volume may move (inf: unlimited)."""
@@ -721,15 +720,14 @@ class ObliqueSliceViews(ExampleViews):
         idx, epoch = self._index_epoch(key)
         item = self.items[idx % len(self.items)]
         path, index = item["path"], int(item["index"])
-        if path not in self._shifted:  # the volume minus pad_value: sampled with zeros outside, once per file
-            volume = torch.from_numpy(self.volumes(path))
+        volume = torch.from_numpy(self.volumes(path))  # no copy
+        if path not in self._foreground:
             self._foreground[path] = foreground_of(volume, self.foreground_level)
-            self._shifted[path] = volume - self.pad_value
-        shifted, fg = self._shifted[path], self._foreground[path]
+        fg = self._foreground[path]
         rng = np.random.default_rng([self.seed, epoch + 1, idx])
         pitch, roll, spin = random_tilt(rng, self.tilt, self.spin)
-        pitch, roll = limit_tilt(pitch, roll, fg.radius, self._room(index, shifted.shape[0]))
-        x = oblique_slice(shifted, index, pitch, roll, spin, (fg.row, fg.col), 0.0) + self.pad_value
+        pitch, roll = limit_tilt(pitch, roll, fg.radius, self._room(index, volume.shape[0]))
+        x = oblique_slice(volume, index, pitch, roll, spin, (fg.row, fg.col), self.pad_value)
         if self.spatial_size is not None:
             x = resize_example(x, self.spatial_size, self.pad_value)
         return random_view(x, rng, self.patch_size, self.flips, self.rot90, self.pad_value, self.affine)
@@ -974,12 +972,12 @@ class PriorDataModule(pl.LightningDataModule):
             pad_value=self.pad_value,
             affine=self.affine,
         )
-        self.train_set = self._train_views(volumes, transform, common)
+        self.train_set = self._train_views(transform, common)
         self.val_set = ExampleViews(
             self._cached(self.val_items, transform), self.val_repeats, False, **common
         )
 
-    def _train_views(self, volumes: _VolumeCache, transform: ExtractExample, common: dict[str, Any]) -> ExampleViews:
+    def _train_views(self, transform: ExtractExample, common: dict[str, Any]) -> ExampleViews:
         """The training set: random views of the cached training examples (subclasses may view the files)."""
         return ExampleViews(self._cached(self.train_items, transform), self.repeats, True, **common)
 
@@ -1162,18 +1160,16 @@ class SliceDataModule(PriorDataModule):
             raise ValueError(f"SliceDataModule.spin must be in [0, 180] degrees, got {spin!r}")
         self.tilt, self.spin = float(tilt), float(spin)
 
-    def _train_views(self, volumes: _VolumeCache, transform: ExtractExample, common: dict[str, Any]) -> ExampleViews:
+    def _train_views(self, transform: ExtractExample, common: dict[str, Any]) -> ExampleViews:
         if not (self.tilt or self.spin):
-            return super()._train_views(volumes, transform, common)
+            return super()._train_views(transform, common)
         keep_out = None
         if self.holdout is not None:
             keep_out = (self.holdout[0] - self.holdout_margin, self.holdout[1] + self.holdout_margin)
-        keep = _VolumeCache(self.reader, size=max(2, len(self.train_files)))  # every training volume, in memory
-        keep._store.update({p: a for p, a in volumes._store.items() if p in {str(f) for f in self.train_files}})
         return ObliqueSliceViews(
             self._cached(self.train_items, transform),  # the stored slices (``base``), e.g. to check copying
             self.train_items,
-            keep,
+            _VolumeCache(self.reader, size=max(2, len(self.train_files))),  # every training volume, read once
             self.spatial_size,
             self.tilt,
             self.spin,

@@ -69,6 +69,21 @@ def test_outside_the_volume_is_pad_value():
     torch.testing.assert_close(out, torch.zeros(1, 8, 8))
     beyond = oblique_slice(vol, 12, 0.0, 0.0, 0.0, (3.5, 3.5), pad_value=-1.0)
     torch.testing.assert_close(beyond, torch.full((1, 8, 8), -1.0))
+    # half a slice beyond the first: half the weight is padding
+    half = oblique_slice(vol, -0.5, 0.0, 0.0, 0.0, (3.5, 3.5), pad_value=-1.0)
+    torch.testing.assert_close(half, torch.full((1, 8, 8), -0.5))
+
+
+def test_padding_is_trilinear_with_pad_value_outside():
+    # the same as sampling the volume embedded in a larger one filled with pad_value
+    g = torch.Generator().manual_seed(1)
+    vol = torch.randn(6, 2, 10, 9, generator=g)
+    big = torch.full((6 + 8, 2, 10 + 8, 9 + 8), -1.0)
+    big[4:-4, :, 4:-4, 4:-4] = vol
+    out = oblique_slice(vol, 2.5, 20.0, -15.0, 30.0, (4.5, 4.0), pad_value=-1.0)
+    ref = oblique_slice(big, 6.5, 20.0, -15.0, 30.0, (8.5, 8.0), pad_value=0.0)[:, 4:-4, 4:-4]
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-4)
+    assert (out == -1.0).any() and (out > -1.0).any()  # the tilt reaches past the volume in places
 
 
 def test_limit_tilt_keeps_the_plane_within_room():
