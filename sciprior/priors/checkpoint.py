@@ -7,6 +7,10 @@ A checkpoint is a directory::
                           metadata under "sciprior", so the file alone is enough to rebuild)
       config.yaml         the resolved config: format, denoiser settings, network builder kwargs
 
+``dtype`` in the config is the dtype the network runs in; ``storage_dtype`` (when present) the
+floating dtype its tensors are stored in. Storing a float32 network as float16 halves the file
+(the shipped demo priors) and loading casts it back to ``dtype``.
+
 Loading rebuilds the network with :func:`~sciprior.priors.networks.build_unet` from the config
 (validated: unknown keys are rejected with their name) and loads the tensors with
 ``safetensors.torch``; nothing is unpickled and no code named in the file is run. Files are
@@ -15,6 +19,7 @@ written atomically (temp file, then rename).
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import os
@@ -35,10 +40,19 @@ FORMAT = "sciprior.edm/1"
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
 _DENOISER_KEYS = ("sigma_data", "sigma_min", "sigma_max", "image_shape", "P_mean", "P_std")
+STORAGE_DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+def _float_dtype(name: str | torch.dtype, what: str) -> torch.dtype:
+    key = str(name).removeprefix("torch.")
+    if key not in STORAGE_DTYPES:
+        raise ValueError(f"{what} must be one of {list(STORAGE_DTYPES)}, got {name!r}")
+    return getattr(torch, key)
 
 
 def checkpoint_config(denoiser: EDMDenoiser, net_config: Mapping[str, Any] | None = None,
-                      metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                      metadata: Mapping[str, Any] | None = None,
+                      storage_dtype: str | torch.dtype | None = None) -> dict[str, Any]:
     """The resolved config of an EDM denoiser (plain YAML/JSON-able values)."""
     if not isinstance(denoiser, EDMDenoiser):
         raise TypeError(f"checkpoint: expected an EDMDenoiser, got {type(denoiser).__name__}")
@@ -52,32 +66,42 @@ def checkpoint_config(denoiser: EDMDenoiser, net_config: Mapping[str, Any] | Non
     dtype = next((p.dtype for p in denoiser.net.parameters()), torch.float32)
     den = {k: getattr(denoiser, k) for k in _DENOISER_KEYS}
     den["image_shape"] = list(den["image_shape"]) if den["image_shape"] is not None else None
-    return {
+    cfg: dict[str, Any] = {
         "format": FORMAT,
         "denoiser": den,
         "network": {"builder": "build_unet", "kwargs": net_cfg},
         "dtype": str(dtype).removeprefix("torch."),
-        "sigma_units": "image units of the prior's (normalised) domain",
-        "metadata": dict(metadata or {}),
     }
+    if storage_dtype is not None:
+        cfg["storage_dtype"] = str(_float_dtype(storage_dtype, "checkpoint: storage_dtype")).removeprefix("torch.")
+    cfg["sigma_units"] = "image units of the prior's (normalised) domain"
+    cfg["metadata"] = dict(metadata or {})
+    return cfg
 
 
 def save_checkpoint(denoiser: EDMDenoiser, path: str | os.PathLike, *,
                     net_config: Mapping[str, Any] | None = None,
-                    metadata: Mapping[str, Any] | None = None) -> Path:
+                    metadata: Mapping[str, Any] | None = None,
+                    storage_dtype: str | torch.dtype | None = None) -> Path:
     """Write ``denoiser`` to the checkpoint directory ``path`` (created if needed); returns it.
 
     ``metadata``: extra plain values kept in the config (e.g. the data normalisation, training steps).
+    ``storage_dtype``: store the floating tensors in this dtype (e.g. ``"float16"``: half the file; the
+    network still loads in its own dtype). Default: as they are.
     """
     path = Path(path)
-    cfg = checkpoint_config(denoiser, net_config, metadata)
+    cfg = checkpoint_config(denoiser, net_config, metadata, storage_dtype)
+    net = denoiser.net
+    if storage_dtype is not None:
+        target = _float_dtype(storage_dtype, "checkpoint: storage_dtype")
+        net = copy.deepcopy(net).to(dtype=target)  # .to(dtype) casts floating tensors only
     try:
         text = yaml.safe_dump(cfg, sort_keys=False)
         meta_json = json.dumps(cfg)
     except (yaml.YAMLError, TypeError, ValueError) as e:
         raise ValueError(f"save_checkpoint: config is not plain data (check metadata): {e}") from e
     path.mkdir(parents=True, exist_ok=True)
-    atomic_write(path / WEIGHTS, lambda tmp: save_model(denoiser.net, tmp, metadata={"sciprior": meta_json}))
+    atomic_write(path / WEIGHTS, lambda tmp: save_model(net, tmp, metadata={"sciprior": meta_json}))
     atomic_write(path / CONFIG, lambda tmp: Path(tmp).write_text(text))
     return path
 
@@ -116,6 +140,19 @@ def _embedded_config(file: Path) -> dict[str, Any]:
     return json.loads(meta["sciprior"])
 
 
+def _check_stored_dtype(weights: Path, stored: torch.dtype) -> None:
+    """The floating tensors of ``weights`` must be in the dtype the config says they are stored in."""
+    with safe_open(str(weights), framework="pt") as f:
+        for key in f.keys():
+            got = f.get_slice(key).get_dtype()
+            if got in ("F16", "BF16", "F32", "F64") and got != _SAFETENSORS_NAMES[stored]:
+                raise ValueError(f"load_checkpoint: {weights}: tensor {key!r} is stored as {got}, the config "
+                                 f"says {str(stored).removeprefix('torch.')}")
+
+
+_SAFETENSORS_NAMES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.float64: "F64"}
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
                     dtype: torch.dtype | None = None) -> EDMDenoiser:
     """Rebuild an :class:`EDMDenoiser` from a checkpoint directory or ``.safetensors`` file.
@@ -146,6 +183,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(saved_dtype, torch.dtype):
         raise ValueError(f"load_checkpoint: {path}: unknown dtype {saved!r}")
     net = net.to(dtype=saved_dtype)
+    stored = _float_dtype(cfg.get("storage_dtype", saved), f"load_checkpoint: {path}: storage_dtype")
+    _check_stored_dtype(weights, stored)
+    # load_state_dict copies each stored tensor into the network's parameter: float16 -> float32 here
     load_model(net, str(weights), strict=True, device=str(map_location))
     net = net.to(device=map_location)
     if dtype is not None:

@@ -393,10 +393,14 @@ class ExportPrior(Callback):
         dirpath: output directory; default ``<log_dir>/prior``.
         every_n_epochs: also export at the end of every N-th training epoch (0: only at the end).
         enabled: turn the export off.
+        storage_dtype: dtype the weights are stored in (``float16`` halves the file; the prior still
+            loads and runs in float32). Default: float32, as trained.
     """
 
-    def __init__(self, dirpath: str | None = None, every_n_epochs: int = 0, enabled: bool = True):
+    def __init__(self, dirpath: str | None = None, every_n_epochs: int = 0, enabled: bool = True,
+                 storage_dtype: Literal["float32", "float16", "bfloat16"] | None = None):
         self.dirpath, self.every_n_epochs, self.enabled = dirpath, int(every_n_epochs), bool(enabled)
+        self.storage_dtype = storage_dtype
         self.train_config: dict[str, Any] | None = None  # set by the CLI: the resolved training config
         self.last_path: Path | None = None
         self._fit_start: float | None = None
@@ -444,7 +448,8 @@ class ExportPrior(Callback):
         if self.train_config is not None:
             metadata["train_config"] = self.train_config
         path = self.target(trainer)
-        save_checkpoint(denoiser, path, net_config=pl_module.network_config, metadata=metadata)
+        save_checkpoint(denoiser, path, net_config=pl_module.network_config, metadata=metadata,
+                        storage_dtype=self.storage_dtype)
         self.last_path = path
         return path
 

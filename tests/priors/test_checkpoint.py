@@ -104,3 +104,35 @@ def test_load_rejects_bad_configs(tmp_path):
         load_checkpoint(path)
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path / "nothing.bin")
+
+
+def test_float16_storage_halves_the_file_and_loads_as_float32(tmp_path):
+    den = make()
+    full = save_checkpoint(den, tmp_path / "f32")
+    half = save_checkpoint(den, tmp_path / "f16", storage_dtype="float16")
+    raw = (half / WEIGHTS).read_bytes()
+    header = json.loads(raw[8:8 + struct.unpack("<Q", raw[:8])[0]])
+    assert {v["dtype"] for k, v in header.items() if k != "__metadata__"} == {"F16"}
+    n_params = sum(p.numel() for p in den.net.parameters())
+    size32, size16 = (full / WEIGHTS).stat().st_size, (half / WEIGHTS).stat().st_size
+    assert size32 - size16 >= 2 * n_params - 4096  # two bytes saved per parameter (headers differ a little)
+    cfg = read_config(half)
+    assert cfg["dtype"] == "float32" and cfg["storage_dtype"] == "float16"
+    assert next(den.net.parameters()).dtype == torch.float32  # saving did not cast the caller's network
+    loaded = load_checkpoint(half)
+    assert all(p.dtype == torch.float32 for p in loaded.net.parameters())
+    for (k, p), q in zip(den.net.state_dict().items(), loaded.net.state_dict().values()):
+        assert torch.equal(q, p.half().float()), k  # exactly the float16 rounding of each weight
+    x = torch.randn(2, *den.image_shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, 0.5), den(x, 0.5), rtol=0, atol=1e-2)
+
+
+def test_storage_dtype_is_checked(tmp_path):
+    with pytest.raises(ValueError, match="storage_dtype must be one of"):
+        save_checkpoint(make(), tmp_path / "c", storage_dtype="int8")
+    path = save_checkpoint(make(), tmp_path / "c", storage_dtype="float16")
+    cfg = yaml.safe_load((path / CONFIG).read_text())
+    (path / CONFIG).write_text(yaml.safe_dump({**cfg, "storage_dtype": "bfloat16"}))
+    with pytest.raises(ValueError, match="stored as F16, the config says bfloat16"):
+        load_checkpoint(path)
