@@ -451,6 +451,8 @@ def evaluate_prior(name: str, prior_dir: Path, out: Path, config_path: str | Non
             "network": cfg.get("network"),
             "parameters": count_parameters(denoiser.net),
             "dtype": cfg.get("dtype"),
+            "storage_dtype": cfg.get("storage_dtype") or cfg.get("dtype"),
+            "weights_bytes": _weights_bytes(prior_dir),
         },
         "training": {k: v for k, v in training.items() if k != "hparams"},
         "hparams": training.get("hparams"),
@@ -520,6 +522,24 @@ def _memorisation(nt: dict[str, Any]) -> list[str]:
                     ": all of them") + "). " + verdict]
 
 
+def _weights_bytes(prior_dir: Path) -> int | None:
+    f = prior_dir / "model.safetensors" if prior_dir.is_dir() else prior_dir
+    return f.stat().st_size if f.is_file() else None
+
+
+def _views(init_args: dict[str, Any]) -> str:
+    """How the training views differ from the stored examples (oblique re-slicing, flips, affine jitter)."""
+    parts = []
+    if init_args.get("tilt") or init_args.get("spin"):
+        parts.append(f"each training view re-cut from the volume on a plane tilted up to {init_args.get('tilt', 0):g} "
+                     f"degrees and turned up to {init_args.get('spin', 0):g} degrees in-plane (oblique re-slicing)")
+    if init_args.get("flips"):
+        parts.append(f"flips: {init_args['flips']}")
+    if init_args.get("affine"):
+        parts.append(f"affine jitter {init_args['affine']}")
+    return ("; " + "; ".join(parts)) if parts else ""
+
+
 def render_section(r: dict[str, Any]) -> str:
     ck, hp, dom, held = r["checkpoint"], r.get("hparams") or {}, r.get("data_domain") or {}, r["heldout"]
     kw = (ck.get("network") or {}).get("kwargs") or {}
@@ -536,6 +556,10 @@ def render_section(r: dict[str, Any]) -> str:
         norm += f"; slices resampled to {reader['pixel_spacing']} mm pixels"
     if dom.get("spatial_size"):
         norm += f"; examples padded to square and resized to {dom['spatial_size']}"
+    norm += _views((held.get("section") or {}).get("init_args") or {})
+    stored = ck.get("storage_dtype") or ck.get("dtype")
+    size = f", {ck['weights_bytes'] / 1e6:.1f} MB" if ck.get("weights_bytes") else ""
+    dtype = f"{ck.get('dtype')} (stored as {stored}{size})" if stored != ck.get("dtype") else f"{ck.get('dtype')}{size}"
     geometry = (f"{dom['patch_size'][0]} x {dom['patch_size'][1]} patch prior" if dom.get("patch_size")
                 else f"{held['example_shape'][1]} x {held['example_shape'][2]} image prior")
     held_desc, caveat = _files(held["files"]), ""
@@ -557,7 +581,7 @@ def render_section(r: dict[str, Any]) -> str:
         f"trained sigma range [{den.get('sigma_min')}, {den.get('sigma_max')}], sigma in prior units) around a "
         f"MONAI `DiffusionModelUNet` ({kw.get('spatial_dims')}D, channels {kw.get('channels')}, attention "
         f"{kw.get('attention_levels')}, {kw.get('num_res_blocks')} res block per level), "
-        f"**{ck['parameters']:,} parameters**, {ck.get('dtype')}; a {geometry} of shape {den.get('image_shape')}.",
+        f"**{ck['parameters']:,} parameters**, {dtype}; a {geometry} of shape {den.get('image_shape')}.",
         f"- **Data:** {dom.get('data_module', '?')} / {dom.get('reader', '?')}: {norm}. "
         f"Trained on {_files(dom.get('train_files'))}.",
         f"- **Held out (never trained on, the validation split):** {held_desc}: {held['n_examples']} validation "

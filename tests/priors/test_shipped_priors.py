@@ -67,7 +67,11 @@ def test_shipped_prior_rebuilds_without_pickled_code(name: str, monkeypatch: pyt
     assert den.sigma_data == cfg["denoiser"]["sigma_data"]
     weights, state = load_file(str(path / WEIGHTS)), den.net.state_dict()
     assert set(weights) == set(state)
-    assert all(torch.equal(state[k], weights[k]) for k in state)
+    # stored weights (float16 for MRI) load exactly into the float32 network
+    assert all(torch.equal(state[k], weights[k].to(state[k].dtype)) for k in state)
+    assert all(v.dtype == getattr(torch, cfg.get("storage_dtype", cfg["dtype"])) for v in weights.values()
+               if v.is_floating_point())
+    assert (path / WEIGHTS).stat().st_size <= 10_000_000, "a shipped prior should stay within a few MB"
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sciprior.datasets.sample_ct import sample_ct_path
 from sciprior.priors.networks import count_parameters
@@ -36,4 +37,6 @@ def test_mri_demo_config_holds_out_a_slab():
     assert val == set(range(74, 91)) and not train & set(range(70, 95))
     assert 82 in val  # z = 10 mm, the sample_mri default evaluation slice
     assert dm.example_shape == (1, 64, 64)
-    assert 1_000_000 <= count_parameters(model.denoiser.net) <= 2_500_000
+    # shipped in the repository: at most ~10 MB, stored as float16 (2 bytes per parameter)
+    assert 1_000_000 <= count_parameters(model.denoiser.net) <= 5_000_000
+    assert yaml.safe_load((CONFIGS / "mri" / "train.yaml").read_text())["export"]["storage_dtype"] == "float16"
