@@ -7,9 +7,12 @@ the slice plane by ``pitch`` (about the column axis: rows move through slices, l
 resolution volume. Unlike an in-plane warp of the cached 2D slice, each view shows anatomy that no stored
 slice contains, at the volume's own sharpness.
 
-Angles are in degrees in voxel index space: they are physical angles when the voxels are isotropic (e.g.
-the 1 mm MNI152 template). For a volume with a held-out slab of slices, :func:`limit_tilt` shrinks the
-tilt of a view so that its plane never reaches the slab (plus margin) within the foreground.
+Angles are physical (degrees in millimetre space) when the voxel size ``(slice, row, column)`` in mm is
+given: a volume with 3 mm slices and 1 mm pixels tilted by 6 degrees is cut on a plane 6 degrees off the
+slice plane in the patient, with the output pixels keeping the slices' in-plane size. Without it (or for
+isotropic voxels, e.g. the 1 mm MNI152 template) index space and physical space agree. For a volume with a
+held-out slab of slices, :func:`limit_tilt` shrinks the tilt of a view so that its plane never reaches the
+slab (plus margin) within the foreground.
 """
 
 from __future__ import annotations
@@ -25,13 +28,26 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class Foreground:
-    """In-plane centre (row, column; voxels) and radius (voxels) of a volume's foreground: the box of the
-    rows and columns where any slice exceeds the foreground level. The tilt pivots about the centre; the
-    radius bounds how far a tilted plane moves through slices where there is anatomy."""
+    """In-plane centre (row, column; voxels) and half-extents (rows, columns; voxels) of a volume's
+    foreground: the box of the rows and columns where any slice exceeds the foreground level. The tilt
+    pivots about the centre; the radius bounds how far a tilted plane moves through slices where there is
+    anatomy."""
 
     row: float
     col: float
-    radius: float
+    half_rows: float
+    half_cols: float
+
+    @property
+    def radius(self) -> float:
+        """Half-diagonal of the box (voxels; isotropic voxels)."""
+        return math.hypot(self.half_rows, self.half_cols)
+
+    def radius_in_slices(self, voxel_size: tuple[float, float, float]) -> float:
+        """Half-diagonal of the box in mm divided by the slice spacing: the radius to give
+        :func:`slice_excursion` and :func:`limit_tilt` when the angles are physical."""
+        ds, dr, dc = voxel_size
+        return math.hypot(self.half_rows * dr, self.half_cols * dc) / ds
 
 
 def foreground_of(volume: np.ndarray | Tensor, level: float) -> Foreground:
@@ -46,7 +62,7 @@ def foreground_of(volume: np.ndarray | Tensor, level: float) -> Foreground:
         r0, r1, c0, c1 = 0, h - 1, 0, w - 1
     else:
         r0, r1, c0, c1 = int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
-    return Foreground((r0 + r1) / 2, (c0 + c1) / 2, math.hypot((r1 - r0) / 2, (c1 - c0) / 2))
+    return Foreground((r0 + r1) / 2, (c0 + c1) / 2, (r1 - r0) / 2, (c1 - c0) / 2)
 
 
 def rotation(pitch: float, roll: float, spin: float) -> Tensor:
@@ -90,15 +106,24 @@ def limit_tilt(pitch: float, roll: float, radius: float, room: float) -> tuple[f
 
 
 def oblique_slice(
-    volume: Tensor, index: float, pitch: float, roll: float, spin: float, centre: tuple[float, float], pad_value: float
+    volume: Tensor, index: float, pitch: float, roll: float, spin: float, centre: tuple[float, float], pad_value: float,
+    voxel_size: tuple[float, float, float] | None = None,
 ) -> Tensor:
     """The (C, H, W) plane of ``volume`` (N, C, H, W) through ``(index, *centre)`` (slice, row, column;
     voxels), rotated by :func:`rotation`. Output pixel (r, c) samples the volume at
-    ``(index, *centre) + R @ (0, r - centre[0], c - centre[1])``, trilinearly, with ``pad_value`` outside the
-    volume (voxels beyond the edges weigh in with that value). With all angles zero and an integer ``index`` it is
-    slice ``index`` (to the float32 rounding of the sampling grid, ~1e-6 relative). The volume is not copied."""
+    ``(index, *centre) + M @ (0, r - centre[0], c - centre[1])`` with ``M = D^-1 R D``, ``D = diag(voxel_size)``
+    (mm; ``M = R`` without it): the plane is rotated in physical space and its pixels keep the slices' in-plane
+    size. Trilinear, with ``pad_value`` outside the volume (voxels beyond the edges weigh in with that value).
+    With all angles zero and an integer ``index`` it is slice ``index`` (to the float32 rounding of the
+    sampling grid, ~1e-6 relative). The volume is not copied."""
     n, c, h, w = volume.shape
     m = rotation(pitch, roll, spin)
+    if voxel_size is not None:
+        d = torch.tensor([float(v) for v in voxel_size], dtype=torch.float64)
+        if d.numel() != 3 or not bool((d > 0).all()):
+            raise ValueError(f"oblique_slice: voxel_size must be 3 positive sizes (slice, row, column) in mm, "
+                             f"got {voxel_size}")
+        m = m * d[None, :] / d[:, None]  # D^-1 R D
     # sample points in voxels, affine in (r, c): built from the origin and two steps in float64, then cast
     start = torch.tensor([float(index), centre[0], centre[1]], dtype=torch.float64)
     start = start - centre[0] * m[:, 1] - centre[1] * m[:, 2]  # (slice, row, column) of output pixel (0, 0)

@@ -207,6 +207,11 @@ class SliceReader:
     pixel_spacing: float | None = None
 
     def __call__(self, path: str) -> np.ndarray:
+        return self.read(path)[0]
+
+    def read(self, path: str) -> tuple[np.ndarray, tuple[float, float, float]]:
+        """The slices ``(N, C, H, W)`` of ``path`` and their voxel size (slice, row, column) in mm (from
+        the file's affine; a 2D file reports slice spacing 1, which nothing uses)."""
         from monai.transforms import LoadImage, Orientation
 
         try:
@@ -226,15 +231,17 @@ class SliceReader:
             np.float32
         )
         if nd == 2:
-            vol, plane = arr[None], spacing
+            vol, plane, across = arr[None], spacing, 1.0
         else:
             if not 0 <= self.slice_axis <= 2:
                 raise ValueError(f"SliceReader: slice_axis must be 0, 1 or 2, got {self.slice_axis}")
             vol = np.moveaxis(arr, self.slice_axis + 1, 0)  # (N, C, a, b)
-            plane = np.delete(spacing, self.slice_axis)
+            plane, across = np.delete(spacing, self.slice_axis), float(spacing[self.slice_axis])
         if self.pixel_spacing is not None:
             vol = self._resample(vol, plane, path)
-        return np.ascontiguousarray(vol.swapaxes(-1, -2))
+            plane = np.array([self.pixel_spacing, self.pixel_spacing], dtype=np.float64)
+        # rows are the second in-plane axis after the swap below
+        return np.ascontiguousarray(vol.swapaxes(-1, -2)), (across, float(plane[1]), float(plane[0]))
 
     def _resample(self, vol: np.ndarray, plane: np.ndarray, path: str) -> np.ndarray:
         if not self.pixel_spacing or self.pixel_spacing <= 0 or not np.all(plane > 0):
@@ -676,15 +683,18 @@ class ObliqueSliceViews(ExampleViews):
     rotations and affine jitter of :class:`ExampleViews` (drawn after the angles, from the same generator).
     ``keep_out = (lo, hi)`` are slices no training view may reach (a held-out slab and its margin): within
     the volume's foreground the tilt of a view is shrunk (:func:`~sciprior.datasets.oblique.limit_tilt`) so its
-    plane stays on the item's side of it; a volume of one slice (a 2D file) gets no tilt. Every training volume
-    stays in memory (``volumes`` must hold them all). ``base`` holds the stored (untilted) example of each item.
+    plane stays on the item's side of it; a volume of one slice (a 2D file) gets no tilt. Angles are physical:
+    ``read(path)`` returns the volume and its voxel size (slice, row, column) in mm (:meth:`SliceReader.read`),
+    so a volume of thick slices is tilted by the stated angle in the patient, not in index space. Every
+    training volume stays in memory once read (each worker process reads its own). ``base`` holds the stored
+    (untilted) example of each item.
     """
 
     def __init__(
         self,
         base: Dataset,
         items: list[dict[str, Any]],
-        volumes: _VolumeCache,
+        read: Callable[[str], tuple[np.ndarray, tuple[float, float, float]]],
         spatial_size: tuple[int, int] | None,
         tilt: float,
         spin: float,
@@ -701,11 +711,26 @@ class ObliqueSliceViews(ExampleViews):
         if len(base) != len(items):
             raise ValueError(f"ObliqueSliceViews: {len(base)} stored examples for {len(items)} items")
         super().__init__(base, repeats, True, seed, patch_size, flips, rot90, pad_value, affine)
-        self.items, self.volumes = items, volumes
+        self.items, self.read = items, read
         self.spatial_size = tuple(spatial_size) if spatial_size is not None else None
         self.tilt, self.spin, self.keep_out = float(tilt), float(spin), keep_out
         self.foreground_level = float(foreground_level)
-        self._foreground: dict[str, Foreground] = {}
+        self._volumes: dict[str, tuple[Tensor, tuple[float, float, float], Foreground]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_volumes": {}}  # worker processes read the volumes themselves
+
+    def volume(self, path: str) -> tuple[Tensor, tuple[float, float, float], Foreground]:
+        """``(volume (N, C, H, W), voxel size (slice, row, column) in mm, foreground)`` of ``path``, read once."""
+        if path not in self._volumes:
+            arr, voxel_size = self.read(path)
+            if arr.ndim != 4:
+                raise ValueError(f"ObliqueSliceViews: the reader returned shape {arr.shape} for {path!r}; "
+                                 "expected (N, C, H, W)")
+            volume = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+            self._volumes[path] = (volume, tuple(float(v) for v in voxel_size),
+                                   foreground_of(volume, self.foreground_level))
+        return self._volumes[path]
 
     def _room(self, index: int, n: int) -> float:
         """Slices the plane through slice ``index`` of an ``n``-slice volume may move (inf: unlimited)."""
@@ -720,14 +745,11 @@ class ObliqueSliceViews(ExampleViews):
         idx, epoch = self._index_epoch(key)
         item = self.items[idx % len(self.items)]
         path, index = item["path"], int(item["index"])
-        volume = torch.from_numpy(self.volumes(path))  # no copy
-        if path not in self._foreground:
-            self._foreground[path] = foreground_of(volume, self.foreground_level)
-        fg = self._foreground[path]
+        volume, voxel_size, fg = self.volume(path)
         rng = np.random.default_rng([self.seed, epoch + 1, idx])
         pitch, roll, spin = random_tilt(rng, self.tilt, self.spin)
-        pitch, roll = limit_tilt(pitch, roll, fg.radius, self._room(index, volume.shape[0]))
-        x = oblique_slice(volume, index, pitch, roll, spin, (fg.row, fg.col), self.pad_value)
+        pitch, roll = limit_tilt(pitch, roll, fg.radius_in_slices(voxel_size), self._room(index, volume.shape[0]))
+        x = oblique_slice(volume, index, pitch, roll, spin, (fg.row, fg.col), self.pad_value, voxel_size)
         if self.spatial_size is not None:
             x = resize_example(x, self.spatial_size, self.pad_value)
         return random_view(x, rng, self.patch_size, self.flips, self.rot90, self.pad_value, self.affine)
@@ -1081,8 +1103,9 @@ class SliceDataModule(PriorDataModule):
         pixel_spacing: in-plane pixel size (mm) every slice is resampled to, or None (as stored).
         tilt: oblique re-slicing of training views (:class:`ObliqueSliceViews`): each view is the plane through
             its slice tilted by up to ``tilt`` degrees about both in-plane axes, cut from the full resolution
-            volume, so it shows anatomy no stored slice does (0: the stored slices). Angles are in voxel index
-            space (physical for isotropic voxels). Near ``holdout`` the tilt shrinks so that no view reaches
+            volume, so it shows anatomy no stored slice does (0: the stored slices). Angles are physical (in
+            mm space, from the file's voxel size), so thick slices are tilted as much as thin ones in the
+            patient. Near ``holdout`` the tilt shrinks so that no view reaches
             the held-out slab or its margin. Keeps every training volume in memory.
         spin: in-plane rotation of the oblique views, up to ``spin`` degrees (at full resolution).
     """
@@ -1169,7 +1192,7 @@ class SliceDataModule(PriorDataModule):
         return ObliqueSliceViews(
             self._cached(self.train_items, transform),  # the stored slices (``base``), e.g. to check copying
             self.train_items,
-            _VolumeCache(self.reader, size=max(2, len(self.train_files))),  # every training volume, read once
+            self.reader.read,
             self.spatial_size,
             self.tilt,
             self.spin,

@@ -108,3 +108,48 @@ def test_foreground_box_and_radius():
     assert fg.radius == pytest.approx(math.hypot(2, 5))
     empty = foreground_of(torch.full((2, 1, 5, 7), -1.0), -0.9)
     assert (empty.row, empty.col) == (2.0, 3.0)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_physical_angles_on_anisotropic_voxels(axis: int):
+    # voxels of 3 mm slices and 0.8 x 1.2 mm pixels; the volume's value is the physical coordinate (mm) along
+    # ``axis``. The plane is rotated in mm space: output pixel (r, c) lies at centre + R @ (0, (r - r0) dr,
+    # (c - c0) dc) mm, so its value is that point's coordinate along ``axis`` (trilinear is exact on linear data)
+    size = (3.0, 0.8, 1.2)
+    n, h, w = 41, 24, 20
+    vol = _ramp(n, h, w, axis) * size[axis]
+    centre, index, angles = (11.5, 9.5), 20, (9.0, -6.0, 25.0)
+    out = oblique_slice(vol, index, *angles, centre, pad_value=0.0, voxel_size=size)[0].double()
+    m = rotation(*angles)
+    d = torch.tensor(size, dtype=torch.float64)
+    r = torch.arange(h, dtype=torch.float64)[:, None] - centre[0]
+    c = torch.arange(w, dtype=torch.float64)[None, :] - centre[1]
+    mm = [float(index * size[0]), centre[0] * size[1], centre[1] * size[2]]  # the pivot in mm
+    point = [mm[a] + float(m[a, 1]) * r * size[1] + float(m[a, 2]) * c * size[2] for a in range(3)]  # mm
+    voxel = [p / float(d[a]) for a, p in enumerate(point)]
+    inside = (voxel[0] >= 0) & (voxel[0] <= n - 1) & (voxel[1] >= 0) & (voxel[1] <= h - 1) & \
+        (voxel[2] >= 0) & (voxel[2] <= w - 1)
+    assert int(inside.sum()) > 0.8 * h * w
+    torch.testing.assert_close(out[inside], point[axis][inside], rtol=0, atol=2e-4)
+
+
+def test_voxel_size_isotropic_is_index_space_and_bad_sizes_fail():
+    vol = torch.randn(15, 1, 12, 10, generator=torch.Generator().manual_seed(2))
+    ref = oblique_slice(vol, 7, 5.0, -4.0, 12.0, (5.5, 4.5), pad_value=-1.0)
+    for size in (None, (1.0, 1.0, 1.0), (2.5, 2.5, 2.5)):
+        torch.testing.assert_close(oblique_slice(vol, 7, 5.0, -4.0, 12.0, (5.5, 4.5), -1.0, size), ref, rtol=0, atol=0)
+    # thicker slices: the same physical tilt crosses fewer slices
+    ramp = _ramp(15, 12, 10, axis=0)
+    thin = oblique_slice(ramp, 7, 8.0, 0.0, 0.0, (5.5, 4.5), 0.0, (1.0, 1.0, 1.0))[0]
+    thick = oblique_slice(ramp, 7, 8.0, 0.0, 0.0, (5.5, 4.5), 0.0, (3.0, 1.0, 1.0))[0]
+    torch.testing.assert_close(thick - 7, (thin - 7) / 3, rtol=0, atol=1e-5)
+    for bad in ((1.0, 0.0, 1.0), (1.0, 1.0), (-2.0, 1.0, 1.0)):
+        with pytest.raises(ValueError, match="voxel_size"):
+            oblique_slice(vol, 7, 5.0, 0.0, 0.0, (5.5, 4.5), -1.0, bad)
+
+
+def test_radius_in_slices_uses_millimetres():
+    fg = foreground_of(torch.cat([torch.full((3, 1, 10, 20), -1.0)], 0).index_fill_(2, torch.arange(2, 8), 1.0), 0.0)
+    assert (fg.half_rows, fg.half_cols) == (2.5, 9.5)
+    assert fg.radius_in_slices((1.0, 1.0, 1.0)) == pytest.approx(fg.radius)
+    assert fg.radius_in_slices((3.0, 0.5, 2.0)) == pytest.approx(math.hypot(2.5 * 0.5, 9.5 * 2.0) / 3.0)

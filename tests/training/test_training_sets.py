@@ -17,6 +17,7 @@ from sciprior.datasets.training_sets import (
     HyperspectralDataModule,
     RandomAffine,
     SliceDataModule,
+    SliceReader,
     random_affine,
     random_view,
     resolve_paths,
@@ -403,3 +404,35 @@ def test_disk_cache_round_trip(tmp_path: Path):
     c.setup("fit")
     c.train_set[0]
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 7
+
+
+def test_slice_reader_reports_the_voxel_size(tmp_path: Path):
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.zeros((40, 20, 3), np.float32), np.diag([0.5, 1.0, 2.0, 1.0])),
+             str(tmp_path / "v.nii.gz"))
+    vol, size = SliceReader(intensity="none", axcodes="RAS").read(str(tmp_path / "v.nii.gz"))
+    assert vol.shape == (3, 1, 20, 40) and size == (2.0, 1.0, 0.5)  # (slice, row, column) mm after the swap
+    _, size = SliceReader(intensity="none", axcodes="RAS", pixel_spacing=1.0).read(str(tmp_path / "v.nii.gz"))
+    assert size == (2.0, 1.0, 1.0)
+
+
+def test_oblique_views_tilt_by_physical_angles(tmp_path: Path):
+    # the same volume (value = -0.5 + 0.01 slice index inside a block) saved with 1 mm and 3 mm slices: the same
+    # seeds draw the same angles, and a plane tilted by them crosses a third as many 3 mm slices
+    import nibabel as nib
+
+    vol = np.full((32, 32, 40), -1.0, dtype=np.float32)
+    vol[4:28, 6:26, :] = -0.5 + 0.01 * np.arange(40, dtype=np.float32)
+    spread = {}
+    for thickness in (1.0, 3.0):
+        path = tmp_path / f"t{thickness:g}.nii.gz"
+        nib.save(nib.Nifti1Image(vol, np.diag([1.0, 1.0, thickness, 1.0])), str(path))
+        dm = SliceDataModule(str(path), intensity="hu_window", window=(-1.0, 1.0), tilt=20.0, spin=10.0,
+                             flips=False, batch_size=4, val_fraction=0.0)
+        dm.setup("fit")
+        i20 = next(i for i, it in enumerate(dm.train_items) if it["index"] == 20)
+        centre = torch.stack([dm.train_set[(i20, epoch)][0, 12:20, 12:20] for epoch in range(4)])
+        spread[thickness] = centre.amax(dim=(1, 2)) - centre.amin(dim=(1, 2))  # z range seen, x 0.01
+    assert bool((spread[1.0] > 0.01).all())  # really tilted (an untilted view would have spread 0)
+    torch.testing.assert_close(spread[3.0], spread[1.0] / 3, rtol=1e-3, atol=1e-5)
