@@ -46,7 +46,7 @@ bench-priors: setup
 bench-training: setup
 	$(PY) benchmarks/training.py
 
-# ~35 min on 2 cores (CT and MRI in parallel, 1 thread each); writes docs/benchmarks/reconstruction.md
+# ~40 min on 2 cores (CT and MRI in parallel, 1 thread each); writes docs/benchmarks/reconstruction.md
 bench-reconstruction: setup-bench
 	OMP_NUM_THREADS=1 .venv-bench/bin/python benchmarks/reconstruction.py --tasks ct --json docs/benchmarks/reconstruction_ct.json --no-write & \
 	OMP_NUM_THREADS=1 .venv-bench/bin/python benchmarks/reconstruction.py --tasks mri --json docs/benchmarks/reconstruction_mri.json --no-write & \

@@ -44,7 +44,8 @@ nearly unguided with this prior).
 Tuned rows: a method given as ``NAME:NFE+tuned`` (DDS, DPS) runs with the settings that scored best on the
 tuning problem over ``SOLVER_GRIDS`` (mean PSNR of a few posterior samples, at the same NFE), chosen before
 any test problem runs and kept fixed, as TV's ``lam`` is; grid and scores go into the markdown. The full run
-adds DDS (50), DDS (50) x 4 and DPS (500) tuned rows on MRI (``FULL_TUNED``; on CT DPS's grid is too costly).
+adds DDS (50), DDS (50) x 4, DPS (500), DiffPIR (100) and RED-diff (100) tuned rows on MRI (``FULL_TUNED``;
+on CT DPS's grid is too costly).
 
 Deadlines: ``--budget-minutes`` stops starting runs that would not finish in time (estimated from the
 measured cost per denoiser call); what is left is listed in the markdown. ``--only-problems`` and
@@ -111,7 +112,8 @@ FULL_METHODS = ["baseline", "cgls", "tv", "dds:50", "dps:500", "dds:20", "dds:50
 #: rows tuned on the tuning problem, added to the full run per task: on MRI (seconds per DDS run) by default;
 #: on CT one DPS (500) run costs ~5.5 min on a 128 x 128 crop, so its zeta grid alone would add ~45 min
 #: (ask for them with --methods ... dds:50+tuned dps:500+tuned)
-FULL_TUNED = {"ct": [], "mri": ["dds:50+tuned", "dps:500+tuned", "dds:50x4+tuned"]}
+FULL_TUNED = {"ct": [], "mri": ["dds:50+tuned", "dps:500+tuned", "dds:50x4+tuned", "diffpir:100+tuned",
+                                "reddiff:100+tuned"]}
 QUICK_METHODS = ["baseline", "cgls", "tv", "dds:20", "dps:50", "diffpir:20", "deepinv-dps:20",
                  "deepinv-diffpir:20"]
 BASELINES = ("baseline", "cgls", "tv")
@@ -134,9 +136,11 @@ GRAD_COST = 2.2
 SOLVER_GRIDS: dict[str, dict[str, list[Any]]] = {
     "dds": {"eta": [0.5, 0.85, 1.0], "cg_iters": [5, 10, 20], "sigma_max": [None, 10.0, 3.0]},
     "dps": {"zeta": [0.5, 1.0, 2.0, 4.0]},
+    "diffpir": {"lam": [0.3, 1.0, 3.0, 10.0], "zeta": [0.1, 0.3, 0.6]},
+    "reddiff": {"lam": [0.25, 1.0, 4.0], "lr": [0.05, 0.1, 0.2]},
 }
 #: posterior samples (seeds 0..K-1) per grid point on the tuning problem; the score is their mean PSNR
-TUNE_REPEATS = {"dds": 4, "dps": 2}
+TUNE_REPEATS = {"dds": 4, "dps": 2, "diffpir": 2, "reddiff": 2}
 
 
 # --------------------------------------------------------------------------------------------
@@ -739,6 +743,9 @@ def merge_payloads(payloads: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 for key in ("psnr", "ssim", "nfe", "seconds", "problems"):
                     t[key].append(m[key][i])
             t["error"] = t["error"] or m["error"]
+        solvers = q.setdefault("tuning", {}).setdefault("solvers", {})
+        for key, tuned in ((p.get("tuning") or {}).get("solvers") or {}).items():
+            solvers.setdefault(key, tuned)  # solvers tuned by a later run (e.g. new tuned rows)
         q["skipped"] = list(q.get("skipped", [])) + list(p.get("skipped", []))
         q["command"] = " ; ".join(c for c in (q.get("command"), p.get("command")) if c)
         q["seconds"] = max(q["seconds"], p["seconds"])

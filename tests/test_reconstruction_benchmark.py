@@ -26,8 +26,9 @@ def test_parse_method_tuned_suffix():
     assert rb.parse_method("dds:50+tuned") == ("dds", 50, 1, True)
     assert rb.parse_method("dds:50x4+tuned") == ("dds", 50, 4, True)
     assert rb.parse_method("tv") == ("tv", None, 1, False)
+    assert rb.parse_method("reddiff:100+tuned") == ("reddiff", 100, 1, True)  # grids: SOLVER_GRIDS
     for bad, msg in [("dds:50+fast", r"only suffix is \+tuned"), ("tv+tuned", "tuning grids exist"),
-                     ("reddiff:100+tuned", "tuning grids exist")]:
+                     ("daps:100+tuned", "tuning grids exist")]:
         with pytest.raises(SystemExit, match=msg):
             rb.parse_method(bad)
     assert rb.method_label("dds", 50, "zero-filled", 4, True) == "DDS (50), mean of 4 samples, tuned"
@@ -79,3 +80,15 @@ def test_goal_two_pairs_tuned_with_tuned_and_defaults_with_defaults():
     assert "of DPS (500) and" in default
     assert "does not hold" in default and "-1.00 dB" in default
     assert "of DPS (500), tuned and" in tuned and "**holds**" in tuned and "-0.20 dB" in tuned
+
+
+def test_merge_keeps_solvers_tuned_by_a_later_run():
+    first = {"task": "mri", "methods": [], "skipped": [], "seconds": 1.0,
+             "tuning": {"tv_lam": 0.1, "solvers": {"dds:50": {"settings": {"eta": 1.0}}}}}
+    later = {"task": "mri", "methods": [], "skipped": [], "seconds": 2.0,
+             "tuning": {"tv_lam": 0.1, "solvers": {"dds:50": {"settings": {"eta": 0.5}},
+                                                    "diffpir:100": {"settings": {"lam": 3.0}}}}}
+    (merged,) = rb.merge_payloads([first, later])
+    assert merged["tuning"]["solvers"] == {"dds:50": {"settings": {"eta": 1.0}},  # the first run's tuning wins
+                                           "diffpir:100": {"settings": {"lam": 3.0}}}
+    assert set(rb.SOLVER_GRIDS) >= {name.split(":")[0] for name in rb.FULL_TUNED["mri"]}  # every tuned row has a grid
