@@ -31,9 +31,11 @@ from __future__ import annotations
 import glob
 import hashlib
 import importlib
+import json
 import math
 import os
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -51,6 +53,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from sciprior.datasets.oblique import Foreground, foreground_of, limit_tilt, oblique_slice, random_tilt
+from sciprior.io import atomic_write
 
 #: ``sample:NAME`` path aliases -> (module, function returning the path). Fixed table: configs never
 #: name code. Each file ships inside an installed package (nothing is downloaded).
@@ -685,9 +688,11 @@ class ObliqueSliceViews(ExampleViews):
     the volume's foreground the tilt of a view is shrunk (:func:`~sciprior.datasets.oblique.limit_tilt`) so its
     plane stays on the item's side of it; a volume of one slice (a 2D file) gets no tilt. Angles are physical:
     ``read(path)`` returns the volume and its voxel size (slice, row, column) in mm (:meth:`SliceReader.read`),
-    so a volume of thick slices is tilted by the stated angle in the patient, not in index space. Every
-    training volume stays in memory once read (each worker process reads its own). ``base`` holds the stored
-    (untilted) example of each item.
+    so a volume of thick slices is tilted by the stated angle in the patient, not in index space. Each
+    training volume is read once; without ``cache_dir`` it stays in memory (each worker process holds its own
+    copy), with it it is written to ``cache_dir/oblique/<key>.npy`` (key: file, reader parameters, size and
+    mtime, as the example cache) and memory-mapped, so many large volumes share the page cache instead of
+    RAM and later runs skip the reading. ``base`` holds the stored (untilted) example of each item.
     """
 
     def __init__(
@@ -707,9 +712,11 @@ class ObliqueSliceViews(ExampleViews):
         rot90: bool,
         pad_value: float,
         affine: RandomAffine | None = None,
+        cache_dir: str | os.PathLike | None = None,
     ):
         if len(base) != len(items):
             raise ValueError(f"ObliqueSliceViews: {len(base)} stored examples for {len(items)} items")
+        self.cache_dir = Path(cache_dir) / "oblique" if cache_dir is not None else None
         super().__init__(base, repeats, True, seed, patch_size, flips, rot90, pad_value, affine)
         self.items, self.read = items, read
         self.spatial_size = tuple(spatial_size) if spatial_size is not None else None
@@ -720,17 +727,39 @@ class ObliqueSliceViews(ExampleViews):
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_volumes": {}}  # worker processes read the volumes themselves
 
-    def volume(self, path: str) -> tuple[Tensor, tuple[float, float, float], Foreground]:
-        """``(volume (N, C, H, W), voxel size (slice, row, column) in mm, foreground)`` of ``path``, read once."""
+    def volume(self, item: dict[str, Any]) -> tuple[Tensor, tuple[float, float, float], Foreground]:
+        """``(volume (N, C, H, W), voxel size (slice, row, column) in mm, foreground)`` of ``item``'s file,
+        read once (memory-mapped from the disk cache when there is one)."""
+        path = item["path"]
         if path not in self._volumes:
-            arr, voxel_size = self.read(path)
+            arr, voxel_size = self._load(path, item.get("key", ""))
             if arr.ndim != 4:
                 raise ValueError(f"ObliqueSliceViews: the reader returned shape {arr.shape} for {path!r}; "
                                  "expected (N, C, H, W)")
-            volume = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+            with warnings.catch_warnings():  # a read-only memmap: the views only read it
+                warnings.filterwarnings("ignore", message=".*not writable.*", category=UserWarning)
+                volume = torch.from_numpy(arr if isinstance(arr, np.memmap) else np.ascontiguousarray(arr, np.float32))
             self._volumes[path] = (volume, tuple(float(v) for v in voxel_size),
                                    foreground_of(volume, self.foreground_level))
         return self._volumes[path]
+
+    def _load(self, path: str, key: str) -> tuple[np.ndarray, tuple[float, float, float]]:
+        if self.cache_dir is None:
+            return self.read(path)
+        stem = self.cache_dir / hashlib.sha1(f"{path}|{key}".encode()).hexdigest()
+        npy, meta = stem.with_suffix(".npy"), stem.with_suffix(".json")
+        if not (npy.exists() and meta.exists()):
+            arr, voxel_size = self.read(path)
+            arr = np.ascontiguousarray(arr, dtype=np.float32)
+            atomic_write(npy, lambda tmp: np.save(tmp, arr))  # the array first: meta marks a complete entry
+            atomic_write(meta, lambda tmp: Path(tmp).write_text(json.dumps(
+                {"path": path, "voxel_size": [float(v) for v in voxel_size], "shape": list(arr.shape)})))
+        info = json.loads(meta.read_text())
+        arr = np.load(npy, mmap_mode="r")
+        if list(arr.shape) != info["shape"]:
+            raise ValueError(f"ObliqueSliceViews: cached volume {npy} has shape {arr.shape}, its record "
+                             f"{meta} says {info['shape']}; delete both to re-read {path!r}")
+        return arr, tuple(info["voxel_size"])
 
     def _room(self, index: int, n: int) -> float:
         """Slices the plane through slice ``index`` of an ``n``-slice volume may move (inf: unlimited)."""
@@ -744,8 +773,8 @@ class ObliqueSliceViews(ExampleViews):
     def __getitem__(self, key: int | tuple[int, int]) -> Tensor:
         idx, epoch = self._index_epoch(key)
         item = self.items[idx % len(self.items)]
-        path, index = item["path"], int(item["index"])
-        volume, voxel_size, fg = self.volume(path)
+        index = int(item["index"])
+        volume, voxel_size, fg = self.volume(item)
         rng = np.random.default_rng([self.seed, epoch + 1, idx])
         pitch, roll, spin = random_tilt(rng, self.tilt, self.spin)
         pitch, roll = limit_tilt(pitch, roll, fg.radius_in_slices(voxel_size), self._room(index, volume.shape[0]))
@@ -1106,7 +1135,8 @@ class SliceDataModule(PriorDataModule):
             volume, so it shows anatomy no stored slice does (0: the stored slices). Angles are physical (in
             mm space, from the file's voxel size), so thick slices are tilted as much as thin ones in the
             patient. Near ``holdout`` the tilt shrinks so that no view reaches
-            the held-out slab or its margin. Keeps every training volume in memory.
+            the held-out slab or its margin. Keeps every training volume in memory, or memory-mapped from
+            ``cache_dir`` with ``cache: disk`` (for many or large volumes).
         spin: in-plane rotation of the oblique views, up to ``spin`` degrees (at full resolution).
     """
 
@@ -1200,6 +1230,7 @@ class SliceDataModule(PriorDataModule):
             self.foreground_level,
             self.repeats,
             **common,
+            cache_dir=self.cache_dir if self.cache == "disk" else None,
         )
 
 

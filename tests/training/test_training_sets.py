@@ -436,3 +436,31 @@ def test_oblique_views_tilt_by_physical_angles(tmp_path: Path):
         spread[thickness] = centre.amax(dim=(1, 2)) - centre.amin(dim=(1, 2))  # z range seen, x 0.01
     assert bool((spread[1.0] > 0.01).all())  # really tilted (an untilted view would have spread 0)
     torch.testing.assert_close(spread[3.0], spread[1.0] / 3, rtol=1e-3, atol=1e-5)
+
+
+def test_oblique_views_memory_map_their_volumes_from_the_disk_cache(tmp_path: Path):
+    path = _slab_volume(tmp_path / "data")
+    kw = dict(intensity="hu_window", window=(-1.0, 1.0), holdout=(18, 22), holdout_margin=2, flips=False,
+              batch_size=4, tilt=20.0, spin=10.0)
+    memory = SliceDataModule(str(path), **kw)
+    memory.setup("fit")
+    disk = SliceDataModule(str(path), cache="disk", cache_dir=str(tmp_path / "cache"), **kw)
+    disk.setup("fit")
+    keys = [(i, e) for e in range(3) for i in range(0, len(memory.train_items), 7)]
+    for k in keys:  # the same views as from memory
+        torch.testing.assert_close(disk.train_set[k], memory.train_set[k], rtol=0, atol=0)
+    cached = sorted(p.name.split(".")[-1] for p in (tmp_path / "cache" / "oblique").iterdir())
+    assert cached == ["json", "npy"]  # one volume: its array and its record, no temp files left
+    item = disk.train_items[0]
+    assert isinstance(disk.train_set._load(item["path"], item["key"])[0], np.memmap)  # mapped, not held in RAM
+
+    # a new run takes the volumes from the cache instead of reading the file again
+    again = SliceDataModule(str(path), cache="disk", cache_dir=str(tmp_path / "cache"), **kw)
+    again.setup("fit")
+
+    def no_read(p):
+        raise AssertionError(f"read {p} again")
+
+    again.train_set.read = no_read
+    for k in keys:
+        torch.testing.assert_close(again.train_set[k], memory.train_set[k], rtol=0, atol=0)
