@@ -41,11 +41,11 @@ their defaults except the number of steps; ``deepinv-dps-annealed`` is DPS with 
 the guidance form deepinv documents for weight ~ 1 (the default residual-norm guidance at weight 1 is
 nearly unguided with this prior).
 
-Tuned rows: a method given as ``NAME:NFE+tuned`` (DDS, DPS) runs with the settings that scored best on the
-tuning problem over ``SOLVER_GRIDS`` (mean PSNR of a few posterior samples, at the same NFE), chosen before
-any test problem runs and kept fixed, as TV's ``lam`` is; grid and scores go into the markdown. The full run
-adds DDS (50), DDS (50) x 4, DPS (500), DiffPIR (100) and RED-diff (100) tuned rows on MRI (``FULL_TUNED``;
-on CT DPS's grid is too costly).
+Tuned rows: a method given as ``NAME:NFE+tuned`` (any solver in ``SOLVER_GRIDS``) runs with the settings that
+scored best on the tuning problem over ``SOLVER_GRIDS`` (mean PSNR of a few posterior samples, at the same
+NFE), chosen before any test problem runs and kept fixed, as TV's ``lam`` is; grid and scores go into the
+markdown. The full run adds DDS (50), DDS (50) x 4, DPS (500), DiffPIR (100), RED-diff (100) and DAPS (100)
+tuned rows on MRI (``FULL_TUNED``; on CT DPS's grid is too costly).
 
 Deadlines: ``--budget-minutes`` stops starting runs that would not finish in time (estimated from the
 measured cost per denoiser call); what is left is listed in the markdown. ``--only-problems`` and
@@ -113,7 +113,7 @@ FULL_METHODS = ["baseline", "cgls", "tv", "dds:50", "dps:500", "dds:20", "dds:50
 #: on CT one DPS (500) run costs ~5.5 min on a 128 x 128 crop, so its zeta grid alone would add ~45 min
 #: (ask for them with --methods ... dds:50+tuned dps:500+tuned)
 FULL_TUNED = {"ct": [], "mri": ["dds:50+tuned", "dps:500+tuned", "dds:50x4+tuned", "diffpir:100+tuned",
-                                "reddiff:100+tuned"]}
+                                "reddiff:100+tuned", "daps:100+tuned"]}
 QUICK_METHODS = ["baseline", "cgls", "tv", "dds:20", "dps:50", "diffpir:20", "deepinv-dps:20",
                  "deepinv-diffpir:20"]
 BASELINES = ("baseline", "cgls", "tv")
@@ -138,9 +138,10 @@ SOLVER_GRIDS: dict[str, dict[str, list[Any]]] = {
     "dps": {"zeta": [0.5, 1.0, 2.0, 4.0]},
     "diffpir": {"lam": [0.3, 1.0, 3.0, 10.0], "zeta": [0.1, 0.3, 0.6]},
     "reddiff": {"lam": [0.25, 1.0, 4.0], "lr": [0.05, 0.1, 0.2]},
+    "daps": {"mcmc": ["langevin", "exact"], "sigma_max": [None, 10.0, 3.0]},
 }
 #: posterior samples (seeds 0..K-1) per grid point on the tuning problem; the score is their mean PSNR
-TUNE_REPEATS = {"dds": 4, "dps": 2, "diffpir": 2, "reddiff": 2}
+TUNE_REPEATS = {"dds": 4, "dps": 2, "diffpir": 2, "reddiff": 2, "daps": 2}
 
 
 # --------------------------------------------------------------------------------------------

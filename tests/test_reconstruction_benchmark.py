@@ -28,7 +28,7 @@ def test_parse_method_tuned_suffix():
     assert rb.parse_method("tv") == ("tv", None, 1, False)
     assert rb.parse_method("reddiff:100+tuned") == ("reddiff", 100, 1, True)  # grids: SOLVER_GRIDS
     for bad, msg in [("dds:50+fast", r"only suffix is \+tuned"), ("tv+tuned", "tuning grids exist"),
-                     ("daps:100+tuned", "tuning grids exist")]:
+                     ("pigdm:100+tuned", "tuning grids exist")]:
         with pytest.raises(SystemExit, match=msg):
             rb.parse_method(bad)
     assert rb.method_label("dds", 50, "zero-filled", 4, True) == "DDS (50), mean of 4 samples, tuned"
