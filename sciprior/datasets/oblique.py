@@ -30,22 +30,17 @@ from torch import Tensor
 class Foreground:
     """In-plane centre (row, column; voxels) and half-extents (rows, columns; voxels) of a volume's
     foreground: the box of the rows and columns where any slice exceeds the foreground level. The tilt
-    pivots about the centre; the radius bounds how far a tilted plane moves through slices where there is
-    anatomy."""
+    pivots about the centre; the box's half-diagonal bounds how far a tilted plane moves through slices
+    where there is anatomy."""
 
     row: float
     col: float
     half_rows: float
     half_cols: float
 
-    @property
-    def radius(self) -> float:
-        """Half-diagonal of the box (voxels; isotropic voxels)."""
-        return math.hypot(self.half_rows, self.half_cols)
-
     def radius_in_slices(self, voxel_size: tuple[float, float, float]) -> float:
-        """Half-diagonal of the box in mm divided by the slice spacing: the radius to give
-        :func:`slice_excursion` and :func:`limit_tilt` when the angles are physical."""
+        """Half-diagonal of the box in mm divided by the slice spacing (``voxel_size`` = (slice, row, column)
+        in mm; all 1 for index space): the radius to give :func:`slice_excursion` and :func:`limit_tilt`."""
         ds, dr, dc = voxel_size
         return math.hypot(self.half_rows * dr, self.half_cols * dc) / ds
 

@@ -179,10 +179,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise ValueError(f"load_checkpoint: {path}: unknown denoiser config keys {unknown}")
     net = build_unet(**kwargs)
     saved = cfg.get("dtype", "float32")
-    saved_dtype = getattr(torch, saved, None)
-    if not isinstance(saved_dtype, torch.dtype):
-        raise ValueError(f"load_checkpoint: {path}: unknown dtype {saved!r}")
-    net = net.to(dtype=saved_dtype)
+    net = net.to(dtype=_float_dtype(saved, f"load_checkpoint: {path}: dtype"))
     stored = _float_dtype(cfg.get("storage_dtype", saved), f"load_checkpoint: {path}: storage_dtype")
     _check_stored_dtype(weights, stored)
     # load_state_dict copies each stored tensor into the network's parameter: float16 -> float32 here

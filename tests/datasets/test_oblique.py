@@ -105,7 +105,7 @@ def test_foreground_box_and_radius():
     vol[1, 0, 2:7, 10:21] = 0.5  # rows 2..6, columns 10..20
     fg = foreground_of(vol, -0.9)
     assert (fg.row, fg.col) == (4.0, 15.0)
-    assert fg.radius == pytest.approx(math.hypot(2, 5))
+    assert fg.radius_in_slices((1.0, 1.0, 1.0)) == pytest.approx(math.hypot(2, 5))
     empty = foreground_of(torch.full((2, 1, 5, 7), -1.0), -0.9)
     assert (empty.row, empty.col) == (2.0, 3.0)
 
@@ -149,7 +149,7 @@ def test_voxel_size_isotropic_is_index_space_and_bad_sizes_fail():
 
 
 def test_radius_in_slices_uses_millimetres():
-    fg = foreground_of(torch.cat([torch.full((3, 1, 10, 20), -1.0)], 0).index_fill_(2, torch.arange(2, 8), 1.0), 0.0)
+    fg = foreground_of(torch.full((3, 1, 10, 20), -1.0).index_fill_(2, torch.arange(2, 8), 1.0), 0.0)  # rows 2..7
     assert (fg.half_rows, fg.half_cols) == (2.5, 9.5)
-    assert fg.radius_in_slices((1.0, 1.0, 1.0)) == pytest.approx(fg.radius)
+    assert fg.radius_in_slices((1.0, 1.0, 1.0)) == pytest.approx(math.hypot(2.5, 9.5))
     assert fg.radius_in_slices((3.0, 0.5, 2.0)) == pytest.approx(math.hypot(2.5 * 0.5, 9.5 * 2.0) / 3.0)

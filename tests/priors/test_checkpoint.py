@@ -92,6 +92,9 @@ def test_load_rejects_bad_configs(tmp_path):
     write({**cfg, "network": {**cfg["network"], "kwargs": {**cfg["network"]["kwargs"], "evil": 1}}})
     with pytest.raises(ValueError, match="evil"):
         load_checkpoint(path)
+    write({**cfg, "dtype": "int8"})
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        load_checkpoint(path)
     write({**cfg, "format": "other/9"})
     with pytest.raises(ValueError, match="other/9"):
         load_checkpoint(path)
