@@ -17,8 +17,9 @@ from torch import Tensor
 
 from benchmarks._timing import cpu_model
 from sciprior.io import write_text_atomic
-from sciprior.modalities.base import MatrixOperator
-from sciprior.modalities.noise import Gaussian, Problem
+from sciprior.physics.generic import MatrixOperator
+from sciprior.physics.noise import Gaussian
+from sciprior.physics.problem import Problem
 from sciprior.priors.analytic import GaussianMixturePrior
 
 # --------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ defaults otherwise): EDM's Heun sampler takes ``(budget + 1) // 2`` steps, DAPS 
 with the exact linear-Gaussian inner draw (``mcmc="exact"``), PnP-DM splits the budget between Gibbs
 iterations and its inner reverse diffusion (:func:`pnpdm_plan`; all of it goes to iterations), SMC runs one
 particle per output sample. Solvers run in float32; the denoiser and the exact posterior use float64.
-deepinv's DPS (``deepinv.sampling.DPS``, its defaults: VP schedule, DDPM solver, ``weight = 1``) runs on
+deepinv's DPS (``deepinv.sampling.DPS``, its defaults: VP sampling_sigmas, DDPM solver, ``weight = 1``) runs on
 the same problems through the same denoiser, wrapped to deepinv's conventions (data in [0, 1],
 ``D(x, sigma)``). Problems run one at a time with the ``n`` samples as the batch (problems differ in
 operator, prior weights and ``sigma_y``, which one ``Problem`` cannot hold).
@@ -162,11 +162,11 @@ def pnpdm_plan(denoiser: Denoiser, budget: int, iterations: int, rho_start: floa
     """PnP-DM arguments spending at most ``budget`` NFE in ``iterations`` Gibbs iterations.
 
     The coupling decays geometrically from ``rho_start`` to ``rho_min`` over the iterations (the paper's
-    schedule reaches ``rho_min`` after 33 of its 100 iterations), and ``prior_steps`` (the global EDM grid
+    sampling_sigmas reaches ``rho_min`` after 33 of its 100 iterations), and ``prior_steps`` (the global EDM grid
     whose levels below ``rho_k`` the prior step walks) is the largest whose total NFE,
     ``sum_k (1 + #levels < rho_k)``, fits the budget.
     """
-    from sciprior.solvers._inner import schedule
+    from sciprior.solvers.common import sampling_sigmas
     from sciprior.solvers.pnpdm import rho_schedule
 
     if not 1 <= iterations <= budget:
@@ -174,7 +174,7 @@ def pnpdm_plan(denoiser: Denoiser, budget: int, iterations: int, rho_start: floa
     decay = (rho_min / rho_start) ** (1.0 / max(iterations - 1, 1))
     best = 1
     for p in range(1, 4 * budget + 1):  # the NFE does not decrease with the grid size: stop at the first excess
-        grid = schedule(denoiser, p, None, None, 7.0)[:-1]
+        grid = sampling_sigmas(denoiser, p, None, None, 7.0)[:-1]
         rhos = [min(r, float(grid[0])) for r in rho_schedule(iterations, rho_start, rho_min, decay)]
         if sum(1 + int((grid < r).sum()) for r in rhos) > budget:
             break

@@ -54,12 +54,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import machine_info, write_atomic  # noqa: E402
-from sciprior.datasets import training_sets  # noqa: E402
+from sciprior import modalities  # noqa: E402
+from sciprior.datasets.module import PriorDataModule  # noqa: E402
 from sciprior.priors.base import Denoiser  # noqa: E402
 from sciprior.priors.checkpoint import load_checkpoint, read_config  # noqa: E402
 from sciprior.priors.edm import EDMDenoiser  # noqa: E402
 from sciprior.priors.networks import count_parameters  # noqa: E402
 from sciprior.priors.wrappers import PatchPrior  # noqa: E402
+from sciprior.training.cli import legacy_data_section  # noqa: E402
 
 #: the shipped priors, in the order of the doc
 PRIOR_NAMES: tuple[str, ...] = ("ct", "mri")
@@ -82,10 +84,8 @@ MAX_TRAIN_EXAMPLES = 4096
 
 
 def shipped_prior_dir(name: str) -> Path:
-    """``sciprior/assets/priors/<name>`` of the installed ``sciprior`` (it may not exist yet)."""
-    from importlib.resources import files
-
-    return Path(str(files("sciprior").joinpath("assets", "priors", name)))
+    """The shipped prior of modality ``name`` (``sciprior/modalities/<name>/prior``; it may not exist yet)."""
+    return Path(modalities.get(name).prior)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,7 +105,7 @@ class HeldOut:
         patch_size: (h, w) of a patch prior, or None.
         files: the files the held-out examples come from.
         holdout: the held-out example range ``(start, stop)`` of single-volume splits, or None.
-        section: the ``data`` section (class_path, init_args) the set was built from.
+        section: the ``data`` section the set was built from (in the current spelling).
         source: where that section came from.
     """
 
@@ -138,22 +138,23 @@ def data_section(cfg: dict[str, Any], name: str, config_path: str | os.PathLike 
     return section, f"`data` of {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}"
 
 
-def build_data_module(section: dict[str, Any]) -> training_sets.PriorDataModule:
-    """Instantiate the data module of a training config's ``data`` section.
+def current_section(section: dict[str, Any]) -> dict[str, Any]:
+    """A ``data`` section in the current spelling (``modality``, ``reader``, ...): the earlier ``class_path`` /
+    ``init_args`` spelling (the shipped priors' stored configs) is translated; configs never name code."""
+    if "class_path" not in section:
+        return dict(section)
+    new = legacy_data_section(section)
+    if new is None:
+        raise ValueError(f"data.class_path: {section['class_path']!r} is no data module the modalities recognise")
+    return new
 
-    Only data modules defined in :mod:`sciprior.datasets.training_sets` are accepted (configs never
-    name arbitrary code). The cache is forced to memory and workers to 0; the split is unchanged.
-    """
-    class_path = section.get("class_path")
-    prefix = "sciprior.datasets.training_sets."
-    if not isinstance(class_path, str) or not class_path.startswith(prefix):
-        raise ValueError(f"data.class_path must name a data module in {prefix[:-1]}, got {class_path!r}")
-    cls = getattr(training_sets, class_path[len(prefix):], None)
-    if not (isinstance(cls, type) and issubclass(cls, training_sets.PriorDataModule)):
-        raise ValueError(f"data.class_path: {class_path!r} is not a PriorDataModule")
-    args = dict(section.get("init_args") or {})
+
+def build_data_module(section: dict[str, Any]) -> PriorDataModule:
+    """The data module of a training config's ``data`` section (cache forced to memory, workers to 0; the split
+    is unchanged)."""
+    args = current_section(section)
     args.update(cache="memory", cache_dir=None, num_workers=0, pin_memory=False)
-    return cls(**args)
+    return PriorDataModule(**args)
 
 
 def heldout_set(prior_dir: str | os.PathLike, name: str, config_path: str | os.PathLike | None = None) -> HeldOut:
@@ -184,7 +185,8 @@ def heldout_set(prior_dir: str | os.PathLike, name: str, config_path: str | os.P
     files = list(dict.fromkeys(item["path"] for item in dm.val_items))
     out = HeldOut(examples, labels, [int(dm.val_items[i % len(dm.val_items)]["index"]) for i in range(len(val))],
                   patch_size=dm.patch_size, files=files,
-                  holdout=tuple(dm.holdout) if dm.holdout else None, section=section, source=source)
+                  holdout=tuple(dm.holdout) if dm.holdout else None, section=current_section(section),
+                  source=source)
     if dm.patch_size is not None:
         out.full = [val.base[j][None].float() for j in range(len(val.base))]
         out.full_labels = [item_label(j) for j in range(len(val.base))]
@@ -540,23 +542,29 @@ def _views(init_args: dict[str, Any]) -> str:
     return ("; " + "; ".join(parts)) if parts else ""
 
 
+def _data_args(section: dict[str, Any]) -> dict[str, Any]:
+    """The data-module settings of a stored ``data`` section (either spelling)."""
+    return dict(section.get("init_args") or {}) if "init_args" in section else dict(section)
+
+
 def render_section(r: dict[str, Any]) -> str:
     ck, hp, dom, held = r["checkpoint"], r.get("hparams") or {}, r.get("data_domain") or {}, r["heldout"]
     kw = (ck.get("network") or {}).get("kwargs") or {}
     den = ck.get("denoiser") or {}
     tr = r.get("training") or {}
-    reader = dom.get("reader_args") or {}
-    if reader.get("intensity") == "hu_window":
+    trained = modalities.trained_reader(dom)
+    reader = trained.args if trained is not None else {}
+    if reader.get("window") is not None:
         norm = f"HU window {reader.get('window')} mapped to [-1, 1]" + (", clipped" if reader.get("clip") else "")
-    elif reader.get("intensity") == "percentile":
+    elif reader.get("percentiles") is not None:
         norm = f"the volume's {reader.get('percentiles')} percentiles mapped to [-1, 1]"
     else:
-        norm = f"{reader.get('intensity', '?')} normalisation"
+        norm = f"{trained.reader if trained else '?'} reader normalisation"
     if reader.get("pixel_spacing"):
         norm += f"; slices resampled to {reader['pixel_spacing']} mm pixels"
     if dom.get("spatial_size"):
         norm += f"; examples padded to square and resized to {dom['spatial_size']}"
-    norm += _views((held.get("section") or {}).get("init_args") or {})
+    norm += _views(_data_args(held.get("section") or {}))
     stored = ck.get("storage_dtype") or ck.get("dtype")
     size = f", {ck['weights_bytes'] / 1e6:.1f} MB" if ck.get("weights_bytes") else ""
     dtype = f"{ck.get('dtype')} (stored as {stored}{size})" if stored != ck.get("dtype") else f"{ck.get('dtype')}{size}"
@@ -565,7 +573,7 @@ def render_section(r: dict[str, Any]) -> str:
     held_desc, caveat = _files(held["files"]), ""
     if held.get("holdout"):
         a, b = held["holdout"]
-        margin = int(((held.get("section") or {}).get("init_args") or {}).get("holdout_margin") or 0)
+        margin = int(_data_args(held.get("section") or {}).get("holdout_margin") or 0)
         held_desc = f"slices {a}..{b - 1} of {held_desc}" + (
             f" (the {margin} slices on each side of them are used by neither set)" if margin else "")
         if len(dom.get("train_files") or []) == 1:
@@ -582,7 +590,8 @@ def render_section(r: dict[str, Any]) -> str:
         f"MONAI `DiffusionModelUNet` ({kw.get('spatial_dims')}D, channels {kw.get('channels')}, attention "
         f"{kw.get('attention_levels')}, {kw.get('num_res_blocks')} res block per level), "
         f"**{ck['parameters']:,} parameters**, {dtype}; a {geometry} of shape {den.get('image_shape')}.",
-        f"- **Data:** {dom.get('data_module', '?')} / {dom.get('reader', '?')}: {norm}. "
+        f"- **Data:** {trained.modality if trained else '?'} modality, reader {trained.reader if trained else '?'}: "
+        f"{norm}. "
         f"Trained on {_files(dom.get('train_files'))}.",
         f"- **Held out (never trained on, the validation split):** {held_desc}: {held['n_examples']} validation "
         f"examples of shape {held['example_shape']}"

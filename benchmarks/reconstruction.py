@@ -4,7 +4,7 @@ sciprior diffusion solvers and deepinv's DPS and DiffPIR driven by the same prio
 Problems are built by the modality adapters with the settings of the shipped demo configs
 (``configs/ct/sparse_view.yaml``, ``configs/mri/accel_4x.yaml``), so the benchmark measures what
 ``sciprior reconstruct`` runs; the prior is loaded and wrapped exactly as ``sciprior reconstruct`` does
-(:func:`sciprior.reconstruct.load_prior`: patch-wise for the 64 x 64 CT prior, full image for MRI), and
+(:func:`sciprior.app.reconstruct.load_prior`: patch-wise for the 64 x 64 CT prior, full image for MRI), and
 solvers are called as the runner calls them (one posterior sample, per-problem seed).
 
 Held-out data (never trained on; see ``configs/ct/train.yaml`` and ``configs/mri/train.yaml``):
@@ -29,7 +29,7 @@ different crop and noise seed for CT, slice 74 for MRI) and kept fixed.
 
 Metrics: PSNR and SSIM in the prior's domain ([-1, 1]; data range 2, i.e. the HU window
 [-1024, 3071] for CT and the volume's 0.5..99.5 percentile range for MRI), computed with
-:func:`sciprior.report.score`, the function behind ``report.json``.
+:meth:`sciprior.modalities.adapter.ModalityAdapter.metrics`, the function behind ``report.json``.
 
 deepinv (only when importable, e.g. ``.venv-bench/bin/python``): our EDM denoiser wrapped as a
 ``deepinv.models.Denoiser`` on deepinv's [0, 1] data convention (``D01(x, s) = (D(2x - 1, 2s) + 1) / 2``),
@@ -86,7 +86,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks._common` impo
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import machine_info, mean_std, write_atomic  # noqa: E402
 from sciprior.modalities.adapter import Context, ModalityAdapter  # noqa: E402
-from sciprior.modalities.noise import Problem  # noqa: E402
+from sciprior.physics.problem import Problem  # noqa: E402
 from sciprior.priors.base import CountingDenoiser, Denoiser  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -131,7 +131,7 @@ GRADIENT_METHODS = ("dps", "deepinv-dps", "deepinv-dps-annealed")
 GRAD_COST = 2.2
 #: solver settings searched on the tuning problem for methods given as ``NAME:NFE+tuned`` (every combination,
 #: at the method's NFE; the documented defaults are in every grid). None of them changes the NFE.
-#: DDS: eta (fresh-noise fraction of the re-noising), CG steps per level, top of the noise schedule;
+#: DDS: eta (fresh-noise fraction of the re-noising), CG steps per level, top of the noise sampling_sigmas;
 #: DPS: the per-step guidance weight zeta.
 SOLVER_GRIDS: dict[str, dict[str, list[Any]]] = {
     "dds": {"eta": [0.5, 0.85, 1.0], "cg_iters": [5, 10, 20], "sigma_max": [None, 10.0, 3.0]},
@@ -178,8 +178,8 @@ def _ct_crop_inputs(crops: Sequence[tuple[int, int]], size: int, tmp: Path) -> d
     """Write the ``size`` x ``size`` crops (at 0.957 mm) of sample:head_ct as NIfTI files in ``tmp``."""
     import nibabel as nib
 
-    from sciprior.modalities.adapter import cut_stack
-    from sciprior.modalities.ct_adapter import CTAdapter
+    from sciprior.io.grid import cut_stack
+    from sciprior.modalities.ct.adapter import CTAdapter
 
     ct = CTAdapter(image_size=256, hu_window=CT_SETTINGS["hu_window"])
     _, _, grid = ct.read("sample:head_ct")
@@ -203,7 +203,7 @@ def make_task(name: str, quick: bool, ct_size: int, problems: int | None, ct_vie
         views = int(ct_views or CT_SETTINGS["n_views"])
         ct_settings = {**CT_SETTINGS, "n_views": views}
         ct_title = f"CT sparse view ({views} parallel views over 180 degrees, i0 = 1e5)"
-        from sciprior.modalities.ct_adapter import CTAdapter
+        from sciprior.modalities.ct.adapter import CTAdapter
 
         if ct_size == 256:
             n = problems or (1 if quick else 3)
@@ -241,7 +241,7 @@ def make_task(name: str, quick: bool, ct_size: int, problems: int | None, ct_vie
                     f"at {CT_TUNE_CROP} with noise seed {CT_TUNE_SEED}", "FBP", tmp)
         return task
     if name == "mri":
-        from sciprior.modalities.mri_adapter import MRIAdapter
+        from sciprior.modalities.mri.adapter import MRIAdapter
 
         n = problems or (1 if quick else len(MRI_SLICES))
         slices = [82] if n == 1 else MRI_SLICES[:n]
@@ -271,7 +271,8 @@ def load_case(task: Task, where: Any, seed: int, label: str) -> Case:
 
 def load_denoiser(task: Task, case: Case, checkpoint: str) -> tuple[Denoiser, dict[str, Any]]:
     """The prior as ``sciprior reconstruct`` loads and wraps it for this problem (validated the same way)."""
-    from sciprior.reconstruct import Job, PriorSpec, load_prior, validate
+    from sciprior.app.config import Job, PriorSpec, validate
+    from sciprior.app.reconstruct import load_prior
 
     job = Job(case.adapter, task.input_for(task.wheres[0]), PriorSpec(checkpoint=checkpoint), "dds", {},
               device="cpu", output_dir=None, progress=False)
@@ -341,9 +342,8 @@ def method_label(name: str, nfe: int | None, baseline_label: str, samples: int =
 
 
 def score(x: Tensor, ref: Tensor) -> dict[str, float]:
-    from sciprior.report import score as rscore
-
-    s = rscore(x.reshape(ref.shape), ref, False)
+    """PSNR / SSIM in the prior's [-1, 1] domain (data range 2): the adapters' default metrics, as in report.json."""
+    s = ModalityAdapter().metrics(x.reshape(ref.shape), ref)
     return {"psnr": float(s["psnr"]), "ssim": float(s["ssim"])}
 
 
@@ -830,7 +830,7 @@ def render_markdown(payloads: Sequence[dict[str, Any]], command: str, date: str,
     lines += [f"- machine: {m}" for m in machines]
     lines += [f"- deepinv: {payloads[0].get('deepinv') or 'not installed'}",
               "- metrics: PSNR (dB) and SSIM (7 x 7 window) in the prior's domain [-1, 1] with data range 2 "
-              "(`sciprior.report.score`, as in report.json): for CT the HU window [-1024, 3071] (4095 HU), "
+              "(`ModalityAdapter.metrics`, as in report.json): for CT the HU window [-1024, 3071] (4095 HU), "
               "for MRI the volume's 0.5..99.5 percentile range; mean ± std over the problems (population std).",
               "- NFE: denoiser evaluations counted per problem (one posterior sample); time: wall seconds per "
               "problem for the reconstruction alone (prior loaded once), 1 torch thread, on a machine shared "
@@ -932,7 +932,7 @@ NOTES = [
     "zeta 0.3; RED-diff: lam 1, inv_sigma weighting, Adam; DAPS: `ode_steps` = 4 probability-flow Euler "
     "steps per annealing level and `steps` = NFE / 4 levels (NFE = ode_steps x steps), 100 Langevin steps "
     "per level (the paper's; they call only the likelihood).",
-    "- deepinv: `deepinv.sampling.DPS` (VP schedule, DDPM solver, weight 1, residual-norm guidance: its "
+    "- deepinv: `deepinv.sampling.DPS` (VP sampling_sigmas, DDPM solver, weight 1, residual-norm guidance: its "
     "defaults) with `num_steps` = NFE + 1 time points, and `deepinv.sampling.DiffPIR` (lambda 7, zeta 0.1, "
     "its defaults) with `max_iter` = NFE; both get our EDM denoiser through the [0, 1] wrapper and our "
     "operator as a whitened `LinearPhysics` (module docstring). The NFE column counts the calls of our "

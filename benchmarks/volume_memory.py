@@ -67,11 +67,12 @@ def child(modality: str, depth: int, chunk: int, steps: int, device: str,
     import torch
 
     torch.set_num_threads(1)
-    from sciprior.modalities.noise import Gaussian, Problem
-    from sciprior.modalities.volume import SliceStackOperator, from_slices
+    from sciprior.physics.noise import Gaussian
+    from sciprior.physics.problem import Problem
+    from sciprior.physics.stack import SliceStackOperator, from_slices
     from sciprior.priors.edm import EDMDenoiser
     from sciprior.priors.networks import build_unet, count_parameters
-    from sciprior.solvers.volume import dds_volume
+    from sciprior.solvers.dds3d import dds_volume
 
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)

@@ -3,10 +3,10 @@
 Each command is a module function ``main(argv: list[str]) -> int`` that receives the arguments after the
 command name (add new commands to :data:`COMMANDS`):
 
-- ``sciprior info``: the environment, registered operators and solvers;
-- ``sciprior reconstruct CONFIG.yaml [--key value ...]``: one scan (:mod:`sciprior.reconstruct`);
+- ``sciprior info``: the environment, the registered modalities and solvers;
+- ``sciprior reconstruct CONFIG.yaml [--key value ...]``: one scan (:mod:`sciprior.app.reconstruct`);
 - ``sciprior train CONFIG.yaml [--key value ...]``: train a prior with LightningCLI (:mod:`sciprior.training`);
-- ``sciprior batch CONFIG.yaml [--key value ...]``: many inputs over devices and nodes (:mod:`sciprior.batch`).
+- ``sciprior batch CONFIG.yaml [--key value ...]``: many inputs over devices and nodes (:mod:`sciprior.app.batch`).
 """
 
 from __future__ import annotations
@@ -17,23 +17,27 @@ import sys
 #: command -> (module, function taking the remaining argv and returning an exit code)
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("sciprior.cli", "info_main"),
-    "reconstruct": ("sciprior.reconstruct", "main"),
+    "reconstruct": ("sciprior.app.reconstruct", "main"),
     "train": ("sciprior.training.cli", "main_train"),
-    "batch": ("sciprior.batch", "main"),
+    "batch": ("sciprior.app.batch.cli", "main"),
 }
 
 
 def info_main(argv: list[str] | None = None) -> int:
-    """``sciprior info``: torch/CUDA, registered operators and solvers."""
+    """``sciprior info``: torch/CUDA, the registered modalities (adapter, readers, samples, shipped prior), solvers."""
     import torch
 
-    import sciprior.modalities  # noqa: F401  (registers operators)
-    from sciprior.modalities.base import OPERATOR_REGISTRY
-
-    print(f"torch {torch.__version__}  cuda={torch.cuda.is_available()}  threads={torch.get_num_threads()}")
-    print("registered operators:", ", ".join(sorted(OPERATOR_REGISTRY)))
+    from sciprior import modalities
     from sciprior.solvers import available_solvers
 
+    print(f"torch {torch.__version__}  cuda={torch.cuda.is_available()}  threads={torch.get_num_threads()}")
+    print("modalities:")
+    for name in modalities.names():
+        m = modalities.get(name)
+        parts = [f"adapter {m.adapter.__name__}" if m.adapter else "no adapter",
+                 f"readers {', '.join(m.readers) or '-'}", f"samples {', '.join(m.samples) or '-'}",
+                 f"prior builtin:{name}" if m.prior is not None else "no shipped prior"]
+        print(f"  {name}: {m.description}\n    " + "; ".join(parts))
     print("solvers:", ", ".join(available_solvers()))
     return 0
 

@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sciprior.batch import ItemOutput, ItemSpec, run_batch
-from sciprior.modalities.base import Mask
-from sciprior.modalities.noise import Gaussian, Problem
+from sciprior.app.batch import ItemOutput, ItemSpec, run_batch
+from sciprior.physics.generic import Mask
+from sciprior.physics.noise import Gaussian
+from sciprior.physics.problem import Problem
 from sciprior.priors.analytic import GaussianPrior
 from sciprior.priors.base import karras_sigmas
 

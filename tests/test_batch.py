@@ -1,4 +1,4 @@
-"""Batch engine (sciprior/batch.py): exactly-once processing across DDP ranks, results independent of
+"""Batch engine (sciprior/app/batch/): exactly-once processing across DDP ranks, results independent of
 the device count, atomic outputs and resume after SIGKILL, contained failures, input errors naming the
 path, the summary, the config entry point and the example script.
 
@@ -27,21 +27,19 @@ import pytest
 import torch
 from jsonargparse import ArgumentError
 
-from sciprior.batch import (
-    TMP_PREFIX,
+from sciprior.app.batch import (
     ItemOutput,
     ShardSampler,
-    atomic_write,
     is_done,
     item_seed,
     load_process_item,
-    main,
-    parse_config,
     read_record,
     resolve_inputs,
     run_batch,
     summarize,
 )
+from sciprior.app.batch.cli import main, parse_config
+from sciprior.io.atomic import TMP_PREFIX, atomic_write
 
 HELPER = Path(h.__file__).resolve()
 REPO = HELPER.parents[1]
@@ -253,7 +251,7 @@ def test_output_kinds_and_write_errors(tmp_path):
     assert rows["good"]["metrics"] == {"t": 2.5, "n": 3, "s": "x", "b": True}
     assert "metric 'm'" in rows["bad_metric"]["error"]
     assert "did not create" in rows["bad_writer"]["error"]
-    assert "expected sciprior.batch.ItemOutput" in rows["not_output"]["error"]
+    assert "expected sciprior.app.batch.ItemOutput" in rows["not_output"]["error"]
     assert not list(out.glob("bad_*")) and not list(out.glob("not_output*"))  # no half set of outputs
     assert not list(out.glob(f"{TMP_PREFIX}*"))  # scratch directories removed
     s = run_batch(str(tmp_path / "good.in"), out, proc, overwrite=True, progress=False)

@@ -16,8 +16,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import benchmarks.reconstruction as rb  # noqa: E402
-from sciprior.modalities.base import Mask  # noqa: E402
-from sciprior.modalities.noise import Gaussian, Problem  # noqa: E402
+from sciprior.physics.generic import Mask  # noqa: E402
+from sciprior.physics.noise import Gaussian  # noqa: E402
+from sciprior.physics.problem import Problem  # noqa: E402
 from sciprior.priors.analytic import GaussianPrior  # noqa: E402
 
 

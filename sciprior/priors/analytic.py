@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from sciprior.modalities.base import LinearOperator, operator_matrix
-from sciprior.modalities.noise import Gaussian, Problem
+from sciprior.physics.noise import Gaussian
+from sciprior.physics.operator import LinearOperator, operator_matrix
+from sciprior.physics.problem import Problem
 from sciprior.priors.base import Denoiser, sigma_batch
 
 

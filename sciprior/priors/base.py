@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from sciprior.linalg import bcast
+
 
 def sigma_batch(sigma: float | Tensor, x: Tensor) -> Tensor:
     """``sigma`` as a (B,) tensor on ``x``'s device and dtype."""
@@ -22,11 +24,6 @@ def sigma_batch(sigma: float | Tensor, x: Tensor) -> Tensor:
     if s.shape[0] != x.shape[0]:
         raise ValueError(f"sigma has {s.shape[0]} entries for a batch of {x.shape[0]}")
     return s
-
-
-def bcast(v: Tensor, x: Tensor) -> Tensor:
-    """Reshape a (B,) tensor so it broadcasts against ``x`` (B, ...)."""
-    return v.reshape(-1, *([1] * (x.dim() - 1)))
 
 
 class Denoiser(nn.Module):

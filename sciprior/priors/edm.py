@@ -23,7 +23,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from sciprior.priors.base import Denoiser, bcast, sigma_batch
+from sciprior.linalg import bcast
+from sciprior.priors.base import Denoiser, sigma_batch
 from sciprior.priors.networks import unet_size_multiple
 
 

@@ -19,7 +19,8 @@ Notes on MONAI 1.6's ``DiffusionModelUNet`` (checked against its source):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from monai.networks.nets import DiffusionModelUNet
@@ -128,8 +129,12 @@ def unet_config(net: nn.Module) -> dict[str, Any] | None:
     return dict(cfg) if cfg is not None else None
 
 
-def unet_size_multiple(net: nn.Module) -> int:
-    """Spatial sizes a ``DiffusionModelUNet`` accepts are multiples of this (1 for other networks)."""
+def unet_size_multiple(net: nn.Module | Mapping[str, Any]) -> int:
+    """Spatial sizes a ``DiffusionModelUNet`` accepts are multiples of this (1 for other networks); ``net`` may
+    also be the :func:`build_unet` keyword arguments of a checkpoint's config."""
+    if isinstance(net, Mapping):
+        channels = net.get("channels", inspect.signature(build_unet).parameters["channels"].default)
+        return 2 ** (len(channels) - 1)
     if isinstance(net, DiffusionModelUNet):
         return 2 ** (len(net.block_out_channels) - 1)
     return 1

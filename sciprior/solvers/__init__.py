@@ -22,7 +22,7 @@ SOLVERS: dict[str, tuple[str, str]] = {
     "daps": ("sciprior.solvers.daps", "daps"),
     "pnpdm": ("sciprior.solvers.pnpdm", "pnpdm"),
     "smc": ("sciprior.solvers.smc", "smc"),
-    "dds_volume": ("sciprior.solvers.volume", "dds_volume"),
+    "dds_volume": ("sciprior.solvers.dds3d", "dds_volume"),
 }
 
 #: classical baselines (no denoiser): name -> (module, function)

@@ -17,31 +17,18 @@ from __future__ import annotations
 
 import numbers
 import time
-from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from sciprior.modalities.base import (
-    LinearOperator,
-    Measurement,
-    StackedOperator,
-    norm_sq,
-    tmap,
-)
-from sciprior.modalities.noise import Problem
-from sciprior.solvers.common import Callback, Result, steps_bar
+from sciprior.linalg import bcast, operator_norm
+from sciprior.physics.generic import Gradient, Weighted, divergence, gradient, tv_from_grad
+from sciprior.physics.operator import Measurement, StackedOperator, norm_sq, tmap
+from sciprior.physics.problem import Problem
+from sciprior.solvers._data import require_linear
+from sciprior.solvers.common import Callback, Result, problem_device, steps_bar
 
-__all__ = [
-    "Gradient",
-    "adjoint_recon",
-    "cgls",
-    "divergence",
-    "gradient",
-    "operator_norm",
-    "total_variation",
-    "tv_pdhg",
-]
+__all__ = ["adjoint_recon", "cgls", "tv_pdhg"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -49,30 +36,9 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
-def _bc(c: Tensor, ref: Tensor) -> Tensor:
-    """A per-item (B,) tensor reshaped to broadcast against ``ref`` (B, ...)."""
-    return c.reshape(-1, *([1] * (ref.dim() - 1)))
-
-
 def _scale(c: Tensor, y: Measurement) -> Measurement:
     """Multiply every batch row of ``y`` (tensor or tuple) by the per-item scalar ``c`` (B,)."""
-    return tmap(lambda t: _bc(c, t).to(t.real.dtype if t.is_complex() else t.dtype) * t, y)
-
-
-def _problem_dtype(problem: Problem) -> tuple[torch.device, torch.dtype]:
-    y = problem.y[0] if isinstance(problem.y, tuple) else problem.y
-    dtype = y.real.dtype if y.is_complex() else y.dtype
-    if not dtype.is_floating_point:
-        dtype = torch.get_default_dtype()
-    return y.device, dtype
-
-
-def _linear_operator(problem: Problem, who: str) -> LinearOperator:
-    op = problem.operator
-    if not isinstance(op, LinearOperator):
-        raise TypeError(f"{who} needs a LinearOperator (with an adjoint); {op.name} is "
-                        f"{type(op).__name__}, a nonlinear operator")
-    return op
+    return tmap(lambda t: bcast(c, t).to(t.real.dtype if t.is_complex() else t.dtype) * t, y)
 
 
 def _check_iters(iters: int, who: str, name: str = "iters") -> None:
@@ -111,146 +77,6 @@ def _result(x: Tensor, start: float, **info) -> Result:
                   timings={"total": time.perf_counter() - start}, info=info)
 
 
-class _Weighted(LinearOperator):
-    """``x -> s * A x`` for a fixed per-entry real weight ``s`` (tensor or tuple like A's output)."""
-
-    def __init__(self, op: LinearOperator, s: Measurement, in_shape: Sequence[int]):
-        super().__init__(in_shape, op.out_shape)
-        self.op, self.s = op, s
-
-    @property
-    def name(self) -> str:
-        return f"W^1/2 {self.op.name}"
-
-    def forward(self, x):
-        return tmap(torch.mul, self.s, self.op(x))
-
-    def adjoint(self, y):
-        return self.op.adjoint(tmap(torch.mul, self.s, y))
-
-
-# --------------------------------------------------------------------------------------------
-# Finite differences
-# --------------------------------------------------------------------------------------------
-
-
-def gradient(x: Tensor) -> Tensor:
-    """Forward differences with Neumann boundary over every spatial axis.
-
-    ``x`` is (B, C, *spatial) with 1-3 spatial axes; returns (B, nd, C, *spatial) where component
-    ``k`` is ``x[i+1] - x[i]`` along spatial axis ``k`` and 0 on the last slice (Chambolle 2004,
-    "An algorithm for total variation minimization and applications").
-    """
-    if x.dim() < 3:
-        raise ValueError(f"gradient: expected (B, C, *spatial) with at least one spatial axis, "
-                         f"got shape {tuple(x.shape)}")
-    parts = []
-    for ax in range(2, x.dim()):
-        d = torch.diff(x, dim=ax)
-        pad = torch.zeros_like(x.narrow(ax, 0, 1))
-        parts.append(torch.cat([d, pad], dim=ax))
-    return torch.stack(parts, dim=1)
-
-
-def divergence(v: Tensor) -> Tensor:
-    """Discrete divergence, the negative adjoint of :func:`gradient`: ``<grad x, v> = -<x, div v>``.
-
-    ``v`` is (B, nd, C, *spatial) with ``nd`` spatial axes; returns (B, C, *spatial).
-    """
-    nd = v.dim() - 3
-    if nd < 1 or v.shape[1] != nd:
-        raise ValueError(f"divergence: expected (B, nd, C, *spatial) with nd = number of spatial axes, "
-                         f"got shape {tuple(v.shape)}")
-    out = torch.zeros_like(v[:, 0])
-    for k in range(nd):
-        ax = 2 + k  # spatial axis in the (B, C, *spatial) layout
-        vk = v[:, k]
-        n = vk.shape[ax]
-        # The last slice of a forward difference is structurally zero: ignore it.
-        vk = torch.cat([vk.narrow(ax, 0, n - 1), torch.zeros_like(vk.narrow(ax, 0, 1))], dim=ax)
-        shifted = torch.cat([torch.zeros_like(vk.narrow(ax, 0, 1)), vk.narrow(ax, 0, n - 1)], dim=ax)
-        out = out + vk - shifted
-    return out
-
-
-class Gradient(LinearOperator):
-    """:func:`gradient` as a linear operator; its adjoint is ``-divergence``.
-
-    Args: in_shape ``(C, H, W)`` or ``(C, D, H, W)``. Output ``(nd, C, *spatial)``.
-    """
-
-    def __init__(self, in_shape: Sequence[int]):
-        in_shape = tuple(in_shape)
-        if len(in_shape) < 2:
-            raise ValueError(f"Gradient: in_shape must be (C, *spatial), got {in_shape}")
-        super().__init__(in_shape, (len(in_shape) - 1, *in_shape))
-
-    def forward(self, x):
-        self.check_input(x)
-        return gradient(x)
-
-    def adjoint(self, y):
-        self.check_measurement(y)
-        return -divergence(y)
-
-
-def total_variation(x: Tensor, isotropic: bool = True) -> Tensor:
-    """TV per item, shape (B,): the sum over voxels and channels of ``|grad x|_2`` (isotropic) or
-    ``|grad x|_1`` (anisotropic), forward differences with Neumann boundary, in the image's units."""
-    return _tv_from_grad(gradient(x), isotropic)
-
-
-def _tv_from_grad(g: Tensor, isotropic: bool) -> Tensor:
-    mag = g.square().sum(dim=1).sqrt() if isotropic else g.abs().sum(dim=1)
-    return mag.reshape(mag.shape[0], -1).sum(dim=1)
-
-
-# --------------------------------------------------------------------------------------------
-# Operator norm
-# --------------------------------------------------------------------------------------------
-
-
-def operator_norm(op: LinearOperator, shape: Sequence[int], *, iters: int = 50, tol: float = 1e-7,
-                  seed: int = 0, dtype: torch.dtype | None = None,
-                  device: torch.device | str | None = None) -> Tensor:
-    """Largest singular value ``||op||_2`` by power iteration on ``op^H op``.
-
-    Args:
-        op: a linear operator.
-        shape: the full input shape ``(B, *in_shape)``. Each batch row is iterated on its own, so the
-            result is a (B,) tensor: per-item norms of operators that act differently on each row
-            (e.g. per-item weights). For an ordinary operator pass ``(1, *in_shape)`` and take
-            ``float(...)``.
-        iters: maximum number of power iterations (one ``op`` and one ``op.adjoint`` each).
-        tol: stop when every row's estimate changes by less than ``tol`` relative.
-        seed: seed of the (CPU) random start vector, so the estimate is reproducible on any device.
-    Returns ``sqrt(||op^H op v||)`` for the last unit iterate ``v``: a lower bound that converges to
-    ``||op||`` (slowly when the top singular values are clustered, e.g. finite differences; callers
-    that need an upper bound should add a safety margin).
-    """
-    _check_iters(iters, "operator_norm")
-    shape = tuple(int(s) for s in shape)
-    if op.in_shape is not None and shape[1:] != tuple(op.in_shape):
-        raise ValueError(f"operator_norm: shape {shape} is not (B, *in_shape) for {op.name} "
-                         f"with in_shape {op.in_shape}")
-    dtype = dtype or torch.get_default_dtype()
-    g = torch.Generator().manual_seed(int(seed))
-    x = torch.randn(shape, generator=g, dtype=dtype).to(device or "cpu")
-    tiny = torch.finfo(dtype).tiny
-    est = torch.zeros(shape[0], dtype=dtype, device=x.device)
-    with torch.no_grad():
-        for _ in range(iters):
-            x = x / _bc(norm_sq(x).sqrt().clamp_min(tiny), x)
-            z = op.adjoint(op(x))
-            new = norm_sq(z).sqrt()
-            done = bool(((new - est).abs() <= tol * new).all())
-            est = new
-            if done or bool((new == 0).all()):
-                break
-            x = z
-    return est.sqrt()
-
-
 # --------------------------------------------------------------------------------------------
 # Solvers
 # --------------------------------------------------------------------------------------------
@@ -265,8 +91,8 @@ def adjoint_recon(problem: Problem) -> Result:
     transmission counts). NFE = 0.
     """
     start = time.perf_counter()
-    op = _linear_operator(problem, "adjoint_recon")
-    device, dtype = _problem_dtype(problem)
+    op = require_linear(problem, "adjoint_recon")
+    device, dtype = problem_device(problem)
     y_eff, _ = _wls(problem, dtype)
     with torch.no_grad():
         x = op.adjoint(y_eff).to(dtype)
@@ -296,13 +122,13 @@ def cgls(problem: Problem, *, iters: int = 50, damping: float = 0.0, x0: Tensor 
     """
     start = time.perf_counter()
     who = "cgls"
-    op = _linear_operator(problem, who)
+    op = require_linear(problem, who)
     _check_iters(iters, who)
     if not damping >= 0:
         raise ValueError(f"{who}: damping must be >= 0, got {damping}")
     if not tol >= 0:
         raise ValueError(f"{who}: tol must be >= 0, got {tol}")
-    device, dtype = _problem_dtype(problem)
+    device, dtype = problem_device(problem)
     x = _initial(x0, problem, device, dtype, who)
     y_eff, w = _wls(problem, dtype)
     sw = tmap(torch.sqrt, w)
@@ -325,12 +151,12 @@ def cgls(problem: Problem, *, iters: int = 50, damping: float = 0.0, x0: Tensor 
             q = tmap(torch.mul, sw, op(p))
             delta = norm_sq(q) + damping * norm_sq(p)
             alpha = torch.where(active, gamma / delta.clamp_min(tiny), torch.zeros_like(gamma))
-            x = x + _bc(alpha, x) * p
+            x = x + bcast(alpha, x) * p
             r = tmap(torch.sub, r, _scale(alpha, q))
             s = op.adjoint(tmap(torch.mul, sw, r)) - damping * x
             gamma_new = norm_sq(s)
             beta = torch.where(active, gamma_new / gamma.clamp_min(tiny), torch.zeros_like(gamma))
-            p = s + _bc(beta, p) * p
+            p = s + bcast(beta, p) * p
             gamma = torch.where(active, gamma_new, gamma)
             used += active.long()
             if callback is not None:
@@ -382,7 +208,7 @@ def tv_pdhg(problem: Problem, *, lam: float = 0.05, iters: int = 200, nonneg: bo
     """
     start = time.perf_counter()
     who = "tv_pdhg"
-    op = _linear_operator(problem, who)
+    op = require_linear(problem, who)
     _check_iters(iters, who)
     _check_iters(norm_iters, who, "norm_iters")
     if isinstance(lam, (bool, Tensor)) or not isinstance(lam, numbers.Real) or not lam >= 0:
@@ -393,7 +219,7 @@ def tv_pdhg(problem: Problem, *, lam: float = 0.05, iters: int = 200, nonneg: bo
     if len(shape) not in (3, 4):
         raise ValueError(f"{who}: image_shape must be (C, H, W) or (C, D, H, W), got {shape}")
     lam = float(lam)
-    device, dtype = _problem_dtype(problem)
+    device, dtype = problem_device(problem)
     x = _initial(x0, problem, device, dtype, who)
     bsz = x.shape[0]
     tiny = torch.finfo(dtype).tiny
@@ -403,7 +229,7 @@ def tv_pdhg(problem: Problem, *, lam: float = 0.05, iters: int = 200, nonneg: bo
     wcount = sum(t[0].numel() for t in (w if isinstance(w, tuple) else (w,)))
     wmean = (wsum / wcount).clamp_min(tiny)
     sw = tmap(torch.sqrt, _scale(1.0 / wmean, w))
-    data = _Weighted(op, sw, shape)
+    data = Weighted(op, sw, shape)
     grad_op = Gradient(shape)
     K = StackedOperator([data, grad_op])
 
@@ -423,7 +249,7 @@ def tv_pdhg(problem: Problem, *, lam: float = 0.05, iters: int = 200, nonneg: bo
         return v.clamp(-lam, lam)
 
     def objective(kx_u: Measurement, kx_v: Tensor) -> Tensor:
-        return 0.5 * norm_sq(tmap(torch.sub, kx_u, b)) + lam * _tv_from_grad(kx_v, isotropic)
+        return 0.5 * norm_sq(tmap(torch.sub, kx_u, b)) + lam * tv_from_grad(kx_v, isotropic)
 
     with torch.no_grad():
         x = prox_g(x)
@@ -437,15 +263,15 @@ def tv_pdhg(problem: Problem, *, lam: float = 0.05, iters: int = 200, nonneg: bo
         for i in steps_bar(iters, progress, who):
             # dual step: prox of sigma F* at (u, v) + sigma K xbar
             u_old, v_old = u, v
-            u = tmap(lambda ut, kt, bt: (ut + _bc(sig, ut) * (kt - bt)) / (1 + _bc(sig, ut)), u, kxb_u, b)
-            v = project(v + _bc(sig, v) * kxb_v)
+            u = tmap(lambda ut, kt, bt: (ut + bcast(sig, ut) * (kt - bt)) / (1 + bcast(sig, ut)), u, kxb_u, b)
+            v = project(v + bcast(sig, v) * kxb_v)
             # primal step: prox of tau G at x - tau K^H (u, v)
-            x_new = prox_g(x - _bc(tau, x) * (data.adjoint(u) - divergence(v)))
+            x_new = prox_g(x - bcast(tau, x) * (data.adjoint(u) - divergence(v)))
             kxn_u, kxn_v = data(x_new), gradient(x_new)
             # residuals (Chambolle & Pock 2011 optimality conditions of both steps)
             pres = (norm_sq(x - x_new).sqrt() / tau)
-            du = tmap(lambda a, c, kb, kn: (a - c) / _bc(sig, a) + (kb - kn), u_old, u, kxb_u, kxn_u)
-            dv = (v_old - v) / _bc(sig, v) + (kxb_v - kxn_v)
+            du = tmap(lambda a, c, kb, kn: (a - c) / bcast(sig, a) + (kb - kn), u_old, u, kxb_u, kxn_u)
+            dv = (v_old - v) / bcast(sig, v) + (kxb_v - kxn_v)
             dres = (norm_sq(du) + norm_sq(dv)).sqrt()
             # extrapolation (theta = 1), carried in the range of K
             kxb_u = tmap(lambda a, c: 2 * a - c, kxn_u, kx_u)

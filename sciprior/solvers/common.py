@@ -21,8 +21,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from sciprior.modalities.noise import Problem
-from sciprior.priors.base import CountingDenoiser, Denoiser
+from sciprior.linalg import real_dtype
+from sciprior.physics.problem import Problem
+from sciprior.priors.base import CountingDenoiser, Denoiser, karras_sigmas
 
 Callback = Callable[[int, Tensor, Tensor, float], None]
 
@@ -104,12 +105,26 @@ class Setup:
         return (self.batch * self.num_samples, *self.problem.image_shape)
 
 
-def _problem_device(problem: Problem) -> tuple[torch.device, torch.dtype]:
+def problem_device(problem: Problem) -> tuple[torch.device, torch.dtype]:
+    """The device and real floating dtype of a problem's measurement (the working precision of a solver)."""
     y = problem.y[0] if isinstance(problem.y, tuple) else problem.y
-    dtype = y.real.dtype if y.is_complex() else y.dtype
-    if not dtype.is_floating_point:
-        dtype = torch.get_default_dtype()
-    return y.device, dtype
+    return y.device, real_dtype(y)
+
+
+def sampling_sigmas(denoiser: Denoiser, steps: int, sigma_min: float | None = None,
+                    sigma_max: float | None = None, rho: float = 7.0) -> Tensor:
+    """The EDM schedule of every sampler: ``karras_sigmas(steps, ...)`` (float64, ``steps`` decreasing levels plus
+    a trailing 0); ``sigma_min``/``sigma_max`` default to the denoiser's trained range."""
+    return karras_sigmas(steps, sigma_min if sigma_min is not None else denoiser.sigma_min,
+                         sigma_max if sigma_max is not None else denoiser.sigma_max, rho)
+
+
+def prior_variance(sigma: float, sigma_data: float) -> float:
+    """``r^2 = sigma^2 sigma_d^2 / (sigma^2 + sigma_d^2)``: ``Var[x0 | x_t]`` for ``x0 ~ N(mu, sigma_d^2 I)``.
+
+    With ``sigma_d = 1`` this is PiGDM's ``r_t^2 = sigma_t^2 / (1 + sigma_t^2)`` (= ``1 - abar_t`` in VP form).
+    """
+    return sigma**2 * sigma_data**2 / (sigma**2 + sigma_data**2)
 
 
 def prepare(denoiser: Denoiser, problem: Problem, num_samples: int = 1,
@@ -125,7 +140,7 @@ def prepare(denoiser: Denoiser, problem: Problem, num_samples: int = 1,
     if denoiser.image_shape is not None and tuple(denoiser.image_shape) != tuple(problem.image_shape):
         raise ValueError(f"the prior expects images of shape {tuple(denoiser.image_shape)} but the problem's "
                          f"image_shape is {tuple(problem.image_shape)}")
-    device, dtype = _problem_device(problem)
+    device, dtype = problem_device(problem)
     counted = denoiser if isinstance(denoiser, CountingDenoiser) else CountingDenoiser(denoiser)
     counted.nfe = 0
     return Setup(counted, problem.repeat(num_samples) if num_samples > 1 else problem,

@@ -35,10 +35,11 @@ from collections.abc import Sequence
 
 import torch
 
-from sciprior.modalities.noise import Problem
+from sciprior.physics.problem import Problem
 from sciprior.priors.base import Denoiser, karras_sigmas
-from sciprior.solvers._inner import DataTerm, pf_ode, schedule
-from sciprior.solvers.common import Callback, Result, finish, prepare, steps_bar
+from sciprior.solvers._data import DataTerm
+from sciprior.solvers.common import Callback, Result, finish, prepare, sampling_sigmas, steps_bar
+from sciprior.solvers.edm import pf_ode
 
 
 def daps(denoiser: Denoiser, problem: Problem, *, steps: int = 100, ode_steps: int = 5,
@@ -74,7 +75,7 @@ def daps(denoiser: Denoiser, problem: Problem, *, steps: int = 100, ode_steps: i
     if mcmc == "exact" and data.kind != "gaussian":
         raise TypeError(f"daps: mcmc='exact' needs a linear operator with Gaussian noise; got "
                         f"{setup.problem.operator.name} with {type(setup.problem.noise).__name__}")
-    sigmas = schedule(den, steps, sigma_min, sigma_max, rho)
+    sigmas = sampling_sigmas(den, steps, sigma_min, sigma_max, rho)
     ode_min = 5 * den.sigma_min if ode_sigma_min is None else float(ode_sigma_min)
     x = float(sigmas[0]) * setup.noise.randn(*shape)
     lip = None

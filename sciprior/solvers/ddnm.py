@@ -14,11 +14,12 @@ from collections.abc import Sequence
 
 import torch
 
-from sciprior.modalities.base import LinearOperator, norm_sq, tmap
-from sciprior.modalities.noise import Gaussian, Problem
+from sciprior.physics.noise import Gaussian
+from sciprior.physics.operator import LinearOperator, norm_sq, tmap
+from sciprior.physics.problem import Problem
 from sciprior.priors.base import Denoiser
-from sciprior.solvers.common import Callback, Result, finish, prepare, steps_bar
-from sciprior.solvers.edm import ddim_noise_std, sampling_sigmas
+from sciprior.solvers.common import Callback, Result, finish, prepare, sampling_sigmas, steps_bar
+from sciprior.solvers.edm import ddim_noise_std
 
 
 def pinv_noise_gain(op: LinearOperator, y_like: torch.Tensor, image_shape: tuple[int, ...],

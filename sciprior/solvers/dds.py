@@ -4,93 +4,21 @@ Large-Scale Inverse Problems", ICLR 2024.
 Each step: denoise (Tweedie), then a few conjugate-gradient (CG) steps on the data term in the Krylov
 subspace around the denoised image, then DDIM-like re-noising to the next noise level. No gradient
 through the network is needed, so it is cheap and works well with 20-50 NFE.
-
-Also hosts :class:`WeightedData`, the weighted least-squares (WLS) view of a linear problem that the
-guided samplers share.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
-from torch import Tensor
 
-from sciprior.modalities.base import LinearOperator, Measurement, tmap
-from sciprior.modalities.noise import Gaussian, Problem
+from sciprior.linalg import conjugate_gradient
+from sciprior.physics.noise import Gaussian
+from sciprior.physics.problem import Problem
 from sciprior.priors.base import Denoiser
-from sciprior.solvers.common import Callback, Result, finish, prepare, steps_bar
-from sciprior.solvers.edm import ddim_step, sampling_sigmas
-from sciprior.solvers.linalg import conjugate_gradient
-
-
-def prior_variance(sigma: float, sigma_data: float) -> float:
-    """``r^2 = sigma^2 sigma_d^2 / (sigma^2 + sigma_d^2)``: ``Var[x0 | x_t]`` for ``x0 ~ N(mu, sigma_d^2 I)``.
-
-    With ``sigma_d = 1`` this is ΠGDM's ``r_t^2 = sigma_t^2 / (1 + sigma_t^2)`` (= ``1 - abar_t`` in VP form).
-    """
-    return sigma**2 * sigma_data**2 / (sigma**2 + sigma_data**2)
-
-
-def require_linear(problem: Problem, who: str) -> LinearOperator:
-    """The problem's operator, or a TypeError naming the solver and the operator."""
-    op = problem.operator
-    if not isinstance(op, LinearOperator):
-        raise TypeError(f"{who} needs a LinearOperator (adjoint, normal); {op.name} is nonlinear. "
-                        f"Use dps for nonlinear forward models.")
-    return op
-
-
-def item_mean(w: Measurement) -> Tensor:
-    """Per-row mean over all entries (tuples are concatenated), shape (B,)."""
-    parts = w if isinstance(w, tuple) else (w,)
-    flat = torch.cat([p.reshape(p.shape[0], -1) for p in parts], dim=1)
-    return flat.mean(dim=1)
-
-
-def _bcast(v: Tensor, ref: Tensor) -> Tensor:
-    return v.reshape(-1, *([1] * (ref.dim() - 1)))
-
-
-@dataclass
-class WeightedData:
-    """The WLS view ``0.5 * sum w |A x - y_eff|^2`` of a problem with a linear operator.
-
-    Exact for Gaussian noise (``w = 1 / sigma^2``); the usual second-order approximation for Poisson
-    and transmission data (``NoiseModel.wls``). ``y``/``w`` are per-row (B rows, tuples for stacked ops).
-    """
-
-    op: LinearOperator
-    y: Measurement
-    w: Measurement
-
-    @classmethod
-    def from_problem(cls, problem: Problem, who: str) -> WeightedData:
-        op = require_linear(problem, who)
-        y_eff, w = problem.noise.wls(problem.y)
-        return cls(op, y_eff, w)
-
-    def normalized(self) -> WeightedData:
-        """Weights divided by their per-row mean (relative weights; 1 everywhere for Gaussian noise)."""
-        m = item_mean(self.w)
-        return WeightedData(self.op, self.y, tmap(lambda t: t / _bcast(m, t), self.w))
-
-    def weighted_adjoint(self, r: Measurement) -> Tensor:
-        """``A^H (w * r)``."""
-        return self.op.adjoint(tmap(lambda a, b: a * b, self.w, r))
-
-    def normal(self, x: Tensor) -> Tensor:
-        """``A^H W A x``."""
-        return self.weighted_adjoint(self.op(x))
-
-    def residual(self, x: Tensor) -> Measurement:
-        """``y_eff - A x``."""
-        return tmap(torch.sub, self.y, self.op(x))
-
-    def rhs(self) -> Tensor:
-        """``A^H W y_eff``."""
-        return self.weighted_adjoint(self.y)
+from sciprior.solvers._data import DataTerm
+from sciprior.solvers.common import Callback, Result, finish, prepare, prior_variance, sampling_sigmas, steps_bar
+from sciprior.solvers.edm import ddim_step
 
 
 def dds(denoiser: Denoiser, problem: Problem, *, steps: int = 50, eta: float = 0.85, cg_iters: int = 5,
@@ -122,7 +50,7 @@ def dds(denoiser: Denoiser, problem: Problem, *, steps: int = 50, eta: float = 0
     """
     setup = prepare(denoiser, problem, num_samples, seeds)
     prob = setup.problem
-    data = WeightedData.from_problem(prob, "dds")
+    data = DataTerm.linear(prob, "dds")
     noiseless = isinstance(prob.noise, Gaussian) and prob.noise.sigma == 0
     if gamma is not None:
         if gamma <= 0:
@@ -155,4 +83,4 @@ def dds(denoiser: Denoiser, problem: Problem, *, steps: int = 50, eta: float = 0
     return finish(setup, x, sigmas=sigmas)
 
 
-__all__ = ["dds", "WeightedData", "item_mean", "prior_variance", "require_linear"]
+__all__ = ["dds"]

@@ -30,10 +30,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from sciprior.modalities.noise import Problem
+from sciprior.physics.problem import Problem
 from sciprior.priors.base import Denoiser
-from sciprior.solvers._inner import DataTerm, schedule
-from sciprior.solvers.common import Callback, Result, finish, prepare, steps_bar
+from sciprior.solvers._data import DataTerm
+from sciprior.solvers.common import Callback, Result, finish, prepare, sampling_sigmas, steps_bar
 
 
 def diffpir(denoiser: Denoiser, problem: Problem, *, steps: int = 100, lam: float = 1.0, zeta: float = 0.3,
@@ -65,7 +65,7 @@ def diffpir(denoiser: Denoiser, problem: Problem, *, steps: int = 100, lam: floa
     setup = prepare(denoiser, problem, num_samples, seeds)
     den, shape = setup.denoiser, setup.problem.image_shape
     data = DataTerm(setup.problem, "diffpir", cg_iters=cg_iters, cg_tol=cg_tol)
-    sigmas = schedule(den, steps, sigma_min, sigma_max, rho)
+    sigmas = sampling_sigmas(den, steps, sigma_min, sigma_max, rho)
     x = float(sigmas[0]) * setup.noise.randn(*shape)
     lip = None
     for i in steps_bar(steps, progress, "diffpir"):

@@ -14,12 +14,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from sciprior.modalities.base import tmap
-from sciprior.modalities.noise import Problem
+from sciprior.physics.operator import tmap
+from sciprior.physics.problem import Problem
 from sciprior.priors.base import Denoiser
-from sciprior.solvers.common import Callback, Result, finish, prepare, steps_bar
-from sciprior.solvers.dds import item_mean
-from sciprior.solvers.edm import ddim_noise_std, ddim_step, sampling_sigmas
+from sciprior.solvers._data import item_mean
+from sciprior.solvers.common import Callback, Result, finish, prepare, sampling_sigmas, steps_bar
+from sciprior.solvers.edm import ddim_noise_std, ddim_step
 
 
 def _misfit_scale(problem: Problem) -> tuple[Tensor, Tensor]:

@@ -6,7 +6,8 @@ units; ``D(x, sigma) = E[x0 | x_t]``. The probability-flow ODE is ``dx/dsigma = 
 
 ``edm_sampler`` is the sanity-check "solver": it ignores the measurement and draws from the prior,
 using the problem only for its image shape and batch size (``num_samples`` prior draws per item).
-``edm_sample`` does the same without a problem.
+``edm_sample`` does the same without a problem. :func:`reverse_sde` and :func:`pf_ode` are the unconditional
+inner loops of the plug-and-play samplers (PnP-DM, DAPS).
 """
 
 from __future__ import annotations
@@ -17,19 +18,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from sciprior.modalities.noise import Problem
-from sciprior.priors.base import Denoiser, karras_sigmas
-from sciprior.solvers.common import Callback, ItemNoise, Result, finish, prepare, steps_bar
-
-
-def sampling_sigmas(denoiser: Denoiser, steps: int, sigma_min: float | None = None,
-                    sigma_max: float | None = None, rho: float = 7.0) -> Tensor:
-    """The EDM schedule ``karras_sigmas(steps, ...)`` (float64, ``steps`` levels plus a trailing 0).
-
-    ``sigma_min``/``sigma_max`` default to the denoiser's trained range.
-    """
-    return karras_sigmas(steps, sigma_min if sigma_min is not None else denoiser.sigma_min,
-                         sigma_max if sigma_max is not None else denoiser.sigma_max, rho)
+from sciprior.physics.problem import Problem
+from sciprior.priors.base import Denoiser
+from sciprior.solvers.common import Callback, ItemNoise, Result, finish, prepare, sampling_sigmas, steps_bar
 
 
 def ddim_noise_std(sigma: float, sigma_next: float, eta: float) -> float:
@@ -141,3 +132,34 @@ def edm_sample(denoiser: Denoiser, shape: Sequence[int], *, steps: int = 40, s_c
     with torch.no_grad():
         return _heun_loop(denoiser, noise, image_shape, sigmas, s_churn, s_tmin, s_tmax, s_noise,
                           callback, progress)
+
+
+def reverse_sde(denoiser: Denoiser, x: Tensor, sigmas: Tensor, noise: ItemNoise) -> Tensor:
+    """Sample ``p(x0 | x_{sigmas[0]} = x)`` with the reverse VE SDE, ``len(sigmas) - 1`` denoiser calls.
+
+    Discretised in ``t = sigma^2`` (the reverse-diffusion predictor of Song et al. 2021, ICLR):
+    ``x' = x + (s^2 - s'^2) * score(x, s) + sqrt(s^2 - s'^2) * n`` with
+    ``score = (D(x, s) - x) / s^2``. For a Gaussian prior the transition mean is exact and the
+    variance is off by a factor ``(v + s^2) / (v + s'^2)`` per step (v: prior variance), so the
+    sampler is nearly exact whenever the start level is small against the prior's scale.
+    ``sigmas`` is decreasing and may end with 0.
+    """
+    shape = x.shape[1:]
+    for i in range(len(sigmas) - 1):
+        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        d = denoiser(x, s)
+        dt = s * s - s_next * s_next
+        x = x + (dt / (s * s)) * (d - x) + math.sqrt(dt) * noise.randn(*shape).to(x)
+    return x
+
+
+def pf_ode(denoiser: Denoiser, x: Tensor, sigmas: Tensor) -> Tensor:
+    """Euler steps of the probability-flow ODE ``dx/dsigma = (x - D(x, sigma)) / sigma`` along ``sigmas``.
+
+    ``len(sigmas) - 1`` denoiser calls; a final level 0 makes the last step return ``D(x, s)``.
+    """
+    for i in range(len(sigmas) - 1):
+        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        d = denoiser(x, s)
+        x = d + (s_next / s) * (x - d)
+    return x

@@ -19,13 +19,14 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from sciprior.modalities.base import Measurement, tmap
-from sciprior.modalities.noise import Gaussian, Problem
+from sciprior.linalg import conjugate_gradient, real_dtype
+from sciprior.physics.noise import Gaussian
+from sciprior.physics.operator import Measurement, tmap
+from sciprior.physics.problem import Problem
 from sciprior.priors.base import Denoiser
-from sciprior.solvers.common import Callback, Result, finish, prepare, steps_bar
-from sciprior.solvers.dds import WeightedData, prior_variance, require_linear
-from sciprior.solvers.edm import ddim_noise_std, ddim_step, sampling_sigmas
-from sciprior.solvers.linalg import conjugate_gradient
+from sciprior.solvers._data import DataTerm, require_linear
+from sciprior.solvers.common import Callback, Result, finish, prepare, prior_variance, sampling_sigmas, steps_bar
+from sciprior.solvers.edm import ddim_noise_std, ddim_step
 
 _WEIGHTS = ("tweedie", "code")
 
@@ -59,8 +60,8 @@ def _inner_solver(problem: Problem, cg_iters: int, cg_tol: float) -> tuple[Solve
             return (lambda r, r2: op.pinv(r) / r2), residual, "pinv"
         if sy2 > 0 and op.has_prox_l2:
             def prox(r: Measurement, r2: float) -> Tensor:
-                zero = torch.zeros((problem.batch_size, *problem.image_shape), dtype=_dtype(r),
-                                   device=_device(r))
+                zero = torch.zeros((problem.batch_size, *problem.image_shape), dtype=real_dtype(r),
+                                   device=_first(r).device)
                 return op.prox_l2(zero, r, r2 / sy2) / r2
             return prox, residual, "prox_l2"
         if sy2 == 0:
@@ -73,7 +74,7 @@ def _inner_solver(problem: Problem, cg_iters: int, cg_tol: float) -> tuple[Solve
                                       tol=cg_tol)
         return cg, residual, "cg"
 
-    data = WeightedData.from_problem(problem, "pigdm")
+    data = DataTerm.linear(problem, "pigdm")
 
     def cg_wls(r: Measurement, r2: float) -> Tensor:
         return conjugate_gradient(lambda u: r2 * data.normal(u) + u, data.weighted_adjoint(r), iters=cg_iters,
@@ -83,15 +84,6 @@ def _inner_solver(problem: Problem, cg_iters: int, cg_tol: float) -> tuple[Solve
 
 def _first(r: Measurement) -> Tensor:
     return r[0] if isinstance(r, tuple) else r
-
-
-def _dtype(r: Measurement) -> torch.dtype:
-    t = _first(r)
-    return t.real.dtype if t.is_complex() else t.dtype
-
-
-def _device(r: Measurement) -> torch.device:
-    return _first(r).device
 
 
 def pigdm(denoiser: Denoiser, problem: Problem, *, steps: int = 100, eta: float = 1.0, scale: float = 1.0,

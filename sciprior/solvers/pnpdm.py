@@ -15,7 +15,7 @@ denoising posterior: ``z`` is a noisy image at level ``rho_k`` in the EDM/VE con
 of ``p(x | z)`` is the reverse diffusion started at ``sigma = rho_k`` from ``z`` (the paper's
 "EDM SDE" mode). Its levels are ``rho_k`` followed by the nodes of the global EDM schedule
 ``karras_sigmas(prior_steps, sigma_min, sigma_max)`` below ``rho_k`` (as in the reference code),
-integrated with the reverse-diffusion predictor in ``t = sigma^2`` (:func:`_inner.reverse_sde`).
+integrated with the reverse-diffusion predictor in ``t = sigma^2`` (:func:`sciprior.solvers.edm.reverse_sde`).
 The result is the prior-step sample ``x`` of the last iteration.
 
 For a linear Gaussian problem with likelihood ``N(y; A x, Sigma_y)`` the x-marginal at fixed ``rho``
@@ -33,10 +33,11 @@ from collections.abc import Sequence
 
 import torch
 
-from sciprior.modalities.noise import Problem
+from sciprior.physics.problem import Problem
 from sciprior.priors.base import Denoiser
-from sciprior.solvers._inner import DataTerm, reverse_sde, schedule
-from sciprior.solvers.common import Callback, Result, finish, prepare, steps_bar
+from sciprior.solvers._data import DataTerm
+from sciprior.solvers.common import Callback, Result, finish, prepare, sampling_sigmas, steps_bar
+from sciprior.solvers.edm import reverse_sde
 
 
 def rho_schedule(steps: int, rho_start: float, rho_min: float, rho_decay: float) -> list[float]:
@@ -80,7 +81,7 @@ def pnpdm(denoiser: Denoiser, problem: Problem, *, steps: int = 100, rho_start: 
     if exact and data.kind != "gaussian":
         raise TypeError(f"pnpdm: likelihood='exact' needs a linear operator with Gaussian noise; got "
                         f"{setup.problem.operator.name} with {type(setup.problem.noise).__name__}")
-    grid = schedule(den, prior_steps, sigma_min, sigma_max, rho)[:-1]
+    grid = sampling_sigmas(den, prior_steps, sigma_min, sigma_max, rho)[:-1]
     rhos = [min(r, float(grid[0])) for r in rho_schedule(steps, rho_start, rho_min, rho_decay)]
     x = torch.zeros(setup.shape, device=setup.device, dtype=setup.dtype)
     lip = None

@@ -54,11 +54,12 @@ from collections.abc import Sequence
 
 import torch
 
-from sciprior.modalities.base import LinearOperator
-from sciprior.modalities.noise import Problem
+from sciprior.linalg import bcast, rowdot
+from sciprior.physics.operator import LinearOperator
+from sciprior.physics.problem import Problem
 from sciprior.priors.base import Denoiser
-from sciprior.solvers._inner import DataTerm, _bc, _rowdot, schedule
-from sciprior.solvers.common import Callback, Result, finish, prepare, steps_bar
+from sciprior.solvers._data import DataTerm
+from sciprior.solvers.common import Callback, Result, finish, prepare, sampling_sigmas, steps_bar
 
 _WEIGHTINGS = ("inv_sigma", "sigma", "const")
 
@@ -99,7 +100,7 @@ def reddiff(denoiser: Denoiser, problem: Problem, *, steps: int = 100, lam: floa
         raise TypeError(f"reddiff: init='pinv' needs an operator with a closed-form pinv; {op.name} has none")
     if sigma_min is None:
         sigma_min = min(0.01 * den.sigma_data, sigma_max if sigma_max is not None else den.sigma_max)
-    sigmas = schedule(den, steps, sigma_min, sigma_max, rho)[:-1]
+    sigmas = sampling_sigmas(den, steps, sigma_min, sigma_max, rho)[:-1]
     lr0 = 0.2 * den.sigma_data if lr is None else float(lr)
 
     mu = torch.zeros(setup.shape, device=setup.device, dtype=setup.dtype)
@@ -126,9 +127,9 @@ def reddiff(denoiser: Denoiser, problem: Problem, *, steps: int = 100, lam: floa
             x0 = den(mu + s * eps, s)
         eps_hat = (mu + s * eps - x0) / s
         w = {"inv_sigma": 1.0 / s, "sigma": s, "const": 1.0}[weighting]
-        g = prob.grad_nll(mu) + (lam * w) * (eps_hat - _bc(cv, eps) * eps)
+        g = prob.grad_nll(mu) + (lam * w) * (eps_hat - bcast(cv, eps) * eps)
         if auto_cv:  # Stein: E<eps_hat, eps> / d = tr(I - dD/dx) / d, the variance-optimal coefficient
-            c_now = (_rowdot(eps_hat, eps) / _rowdot(eps, eps)).clamp(0.0, 1.0)
+            c_now = (rowdot(eps_hat, eps) / rowdot(eps, eps)).clamp(0.0, 1.0)
             cv = cv_decay * cv + (1.0 - cv_decay) * c_now  # used from the next step on: stays unbiased
         # Adam (Kingma & Ba 2015) with bias correction, elementwise so rows stay independent
         m = b1 * m + (1 - b1) * g

@@ -57,8 +57,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from sciprior.modalities.base import Identity, LinearOperator
-from sciprior.modalities.noise import Gaussian, Problem, StackedNoise
+from sciprior.physics.generic import Identity
+from sciprior.physics.noise import Gaussian, StackedNoise
+from sciprior.physics.operator import LinearOperator
+from sciprior.physics.problem import Problem
 from sciprior.priors.base import Denoiser, karras_sigmas
 from sciprior.solvers.common import Callback, Result, Setup, finish, prepare, steps_bar
 

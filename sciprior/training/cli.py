@@ -1,7 +1,7 @@
 """``sciprior train CONFIG.yaml [--key value ...]``: train a prior with Lightning's ``LightningCLI``.
 
 The config has the sections ``model`` (:class:`~sciprior.training.module.EDMPriorModule`), ``data``
-(``class_path`` of a data module in :mod:`sciprior.datasets.training_sets` and its ``init_args``),
+(:class:`~sciprior.datasets.module.PriorDataModule`: ``modality``, its ``reader`` by name with settings, the files),
 ``trainer`` (``lightning.pytorch.Trainer``), ``ema`` (:class:`~sciprior.training.module.EMA`),
 ``export`` (:class:`~sciprior.training.module.ExportPrior`), ``checkpoint`` (``ModelCheckpoint``) and
 ``seed_everything``. Typed signatures are the schema (jsonargparse): an unknown or misspelt key fails at
@@ -9,7 +9,7 @@ once, naming it. Examples::
 
     sciprior train configs/mri/train.yaml
     sciprior train configs/mri/train.yaml --print_config            # the resolved config
-    sciprior train configs/mri/train.yaml --trainer.max_epochs 2 --data.init_args.batch_size 8
+    sciprior train configs/mri/train.yaml --trainer.max_epochs 2 --data.batch_size 8
     sciprior train configs/mri/train.yaml --ckpt_path last          # resume (exact at epoch boundaries)
     sciprior train validate --config configs/mri/train.yaml --ckpt_path ...   # other LightningCLI subcommands
 
@@ -27,7 +27,8 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from sciprior.datasets.training_sets import PriorDataModule
+from sciprior import modalities
+from sciprior.datasets.module import PriorDataModule
 from sciprior.training.module import EMA, EDMPriorModule, ExportPrior
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -96,7 +97,6 @@ def make_cli(argv: list[str], run: bool = True, **kwargs: Any) -> TrainCLI:
     options: dict[str, Any] = dict(
         model_class=EDMPriorModule,
         datamodule_class=PriorDataModule,
-        subclass_mode_data=True,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         args=argv,
@@ -108,12 +108,57 @@ def make_cli(argv: list[str], run: bool = True, **kwargs: Any) -> TrainCLI:
     return TrainCLI(**options)
 
 
+def legacy_data_section(section: Any) -> dict[str, Any] | None:
+    """The current spelling of an earlier version's ``data: {class_path: ...DataModule, init_args: {...}}``
+    (``data: {modality: ..., reader: {...}, ...}``), or None when ``section`` is not that spelling or names no
+    data module the modalities' readers recognise."""
+    if not isinstance(section, dict) or "class_path" not in section:
+        return None
+    args = dict(section.get("init_args") or {})
+    cls = str(section["class_path"]).rsplit(".", 1)[-1]
+    reader_keys = {"SliceDataModule": ("intensity", "window", "percentiles", "clip", "axcodes", "slice_axis",
+                                       "image_reader", "pixel_spacing"),
+                   "FastMRIDataModule": ("output", "crop", "scale_percentile", "acs_lines"),
+                   "HyperspectralDataModule": ("key", "band_axis", "bands", "intensity", "percentiles"),
+                   "FieldDataModule": ("variables", "levels", "level_dim", "time_dim", "std_scale", "fill_nan")}
+    readers = {"SliceDataModule": "SliceReader", "FastMRIDataModule": "FastMRIReader",
+               "HyperspectralDataModule": "CubeReader", "FieldDataModule": "FieldReader"}
+    if cls not in readers:
+        return None
+    old = {k: args.pop(k) for k in reader_keys[cls] if k in args}
+    if cls == "SliceDataModule":
+        old.setdefault("intensity", "percentile")
+    trained = modalities.trained_reader({"reader": readers[cls], "reader_args": old})
+    if trained is None:
+        return None
+    return {"modality": trained.modality, "reader": {"name": trained.reader, **trained.args}, **args}
+
+
+def check_config_spelling(argv: list[str]) -> None:
+    """Refuse a training config in the earlier ``data: {class_path, init_args}`` spelling, printing the new one."""
+    for i, a in enumerate(argv[:-1]):
+        if a != "--config":
+            continue
+        try:
+            data = yaml.safe_load(open(argv[i + 1], encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError):
+            continue  # LightningCLI reports it
+        section = data.get("data") if isinstance(data, dict) else None
+        if isinstance(section, dict) and "class_path" in section:
+            new = legacy_data_section(section)
+            hint = (yaml.safe_dump({"data": new}, sort_keys=False) if new is not None else
+                    "data:\n  modality: <one of " + ", ".join(modalities.names()) + ">\n  reader: {name: ..., ...}\n")
+            raise SystemExit(f"sciprior train: {argv[i + 1]}: data.class_path/init_args is the old spelling (configs "
+                             f"name modalities and readers, not code); write:\n{hint}")
+
+
 def main_train(argv: list[str] | None = None) -> int:
     """Entry point of ``sciprior train``: ``argv`` are the arguments after ``train``."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = normalise_argv(list(sys.argv[1:] if argv is None else argv))
+    check_config_spelling(args)
     saved, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when both sys.argv and args are set
     try:
-        make_cli(normalise_argv(args))
+        make_cli(args)
     finally:
         sys.argv = saved
     return 0

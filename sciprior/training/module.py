@@ -36,9 +36,11 @@ import torch
 from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, WeightAveraging
 from torch import Tensor, nn
 
+from sciprior.io.plain import plain
 from sciprior.priors.checkpoint import save_checkpoint
 from sciprior.priors.edm import EDMDenoiser
 from sciprior.priors.networks import build_unet, unet_size_multiple
+from sciprior.solvers.edm import edm_sample
 
 
 def _unet_config_class() -> type:
@@ -135,7 +137,7 @@ class EDMPriorModule(pl.LightningModule):
         if any(s <= 0 for s in val_sigmas):
             raise ValueError(f"EDMPriorModule: val_sigmas must be > 0, got {val_sigmas}")
         self.save_hyperparameters(ignore=["network"])
-        self.network_config: dict[str, Any] = _plain(dataclasses.asdict(network))
+        self.network_config: dict[str, Any] = plain(dataclasses.asdict(network))
         self.hparams["network"] = self.network_config
         net = build_unet(**dataclasses.asdict(network))
         self.denoiser = EDMDenoiser(
@@ -268,30 +270,11 @@ class EDMPriorModule(pl.LightningModule):
 def _sample(
     denoiser: EDMDenoiser, shape: Sequence[int], steps: int, seeds: list[int], device: torch.device
 ) -> Tensor:
-    """EDM Heun samples (Karras et al. 2022, Algorithm 1) via the solvers layer, or a private loop."""
-    try:
-        from sciprior.solvers.edm import edm_sample
-    except ImportError:  # pragma: no cover - the solvers layer ships edm_sample
-        edm_sample = None
+    """EDM Heun samples (Karras et al. 2022, Algorithm 1), in eval mode."""
     was_training = denoiser.training
     denoiser.eval()
     try:
-        if edm_sample is not None:
-            return edm_sample(denoiser, shape, steps=steps, seeds=seeds, device=device)
-        from sciprior.priors.base import karras_sigmas
-
-        sig = karras_sigmas(steps, denoiser.sigma_min, denoiser.sigma_max).tolist()
-        noise = torch.cat(
-            [torch.randn((1, *shape[1:]), generator=torch.Generator().manual_seed(s)) for s in seeds]
-        ).to(device)
-        x = sig[0] * noise
-        for s, s_next in zip(sig[:-1], sig[1:]):
-            d = (x - denoiser(x, s)) / s
-            x_next = x + (s_next - s) * d
-            if s_next > 0:
-                x_next = x + (s_next - s) * 0.5 * (d + (x_next - denoiser(x_next, s_next)) / s_next)
-            x = x_next
-        return x
+        return edm_sample(denoiser, shape, steps=steps, seeds=seeds, device=device)
     finally:
         denoiser.train(was_training)
 
@@ -327,14 +310,6 @@ def _grid(v: Tensor, value_range: tuple[float, float] | None) -> np.ndarray:
             img[i]
         )
     return out.numpy()
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    return v
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -439,7 +414,7 @@ class ExportPrior(Callback):
                 "train_seconds": round(self.train_seconds(), 1),
                 "devices": int(trainer.num_devices) * int(trainer.num_nodes),
                 "accelerator": type(trainer.accelerator).__name__,
-                "hparams": _plain(
+                "hparams": plain(
                     {k: v for k, v in pl_module.hparams.items() if k != "network" and not k.startswith("_")}
                 ),
             },

@@ -1,4 +1,4 @@
-"""CT DICOM reader/writer: HU, padding, spacing, errors naming the file, metadata kept on output."""
+"""CT DICOM reader/writer: HU, padding, spacing, errors naming the file, geometry kept on output."""
 
 import copy
 
@@ -8,13 +8,9 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from sciprior.datasets.dicom import (
-    dicom_affine,
-    read_ct_dicom,
-    read_dicom_volume,
-    write_ct_dicom,
-    write_nifti,
-)
+from sciprior.io.dicom import dicom_affine
+from sciprior.io.nifti import write_nifti
+from sciprior.modalities.ct.io import read_ct_dicom, read_ct_series, write_ct_dicom
 
 
 def ct_small_path():
@@ -26,8 +22,8 @@ def test_reads_hu_and_spacing():
     ds = pydicom.dcmread(path)
     sl = read_ct_dicom(path)
     expected = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
-    assert sl.hu.shape == (128, 128) and sl.hu.dtype == np.float32
-    assert np.array_equal(sl.hu, np.maximum(expected, -1024).astype(np.float32))
+    assert sl.values.shape == (128, 128) and sl.values.dtype == np.float32
+    assert np.array_equal(sl.values, np.maximum(expected, -1024).astype(np.float32))
     assert sl.pixel_spacing == (0.661468, 0.661468)
     assert "PixelData" not in sl.header and sl.path == str(path)
 
@@ -41,9 +37,9 @@ def test_padding_outside_the_field_of_view_is_masked_and_clipped(tmp_path):
     p = tmp_path / "padded.dcm"
     ds.save_as(p)
     sl = read_ct_dicom(p)
-    assert not sl.fov_mask[:5].any() and not sl.fov_mask[-3:].any() and sl.fov_mask[5:-3].all()
-    assert (sl.hu[:5] == -1024).all() and (sl.hu[-3:] == -1024).all()
-    assert sl.hu.min() >= -1024
+    assert sl.padding[:5].all() and sl.padding[-3:].all() and (~sl.padding[5:-3]).all()
+    assert (sl.values[:5] == -1024).all() and (sl.values[-3:] == -1024).all()
+    assert sl.values.min() >= -1024
 
 
 def test_errors_name_the_file(tmp_path):
@@ -72,10 +68,10 @@ def test_errors_name_the_file(tmp_path):
 
 def test_dicom_round_trip_keeps_geometry(tmp_path):
     sl = read_ct_dicom(ct_small_path())
-    rec = sl.hu + 7.4
+    rec = sl.values + 7.4
     out = write_ct_dicom(tmp_path / "out" / "rec.dcm", rec, sl)
     back = read_ct_dicom(out)
-    assert np.abs(back.hu - np.rint(rec)).max() == 0
+    assert np.abs(back.values - np.rint(rec)).max() == 0
     assert back.pixel_spacing == sl.pixel_spacing
     for key in ("ImagePositionPatient", "ImageOrientationPatient", "SliceThickness", "StudyInstanceUID",
                 "PatientID"):
@@ -92,12 +88,12 @@ def test_dicom_round_trip_keeps_geometry(tmp_path):
 
 def test_nifti_keeps_spacing_and_position(tmp_path):
     sl = read_ct_dicom(ct_small_path())
-    out = write_nifti(tmp_path / "rec.nii.gz", sl.hu, sl)
+    out = write_nifti(tmp_path / "rec.nii.gz", sl.values.T[:, :, None], sl.affine())  # (column, row, slice)
     img = nib.load(out)
     dr, dc = sl.pixel_spacing
     assert np.allclose(img.header.get_zooms(), (dc, dr, sl.slice_thickness))
     data = np.asarray(img.dataobj)[:, :, 0]
-    assert np.array_equal(data.T, sl.hu)
+    assert np.array_equal(data.T, sl.values)
     # voxel (column c, row r) lands at the DICOM patient position (LPS -> RAS)
     ipp = np.array([float(v) for v in sl.header.ImagePositionPatient])
     iop = np.array([float(v) for v in sl.header.ImageOrientationPatient])
@@ -118,10 +114,10 @@ def test_volume_sorts_slices(tmp_path):
         d.SOPInstanceUID = pydicom.uid.generate_uid()
         paths.append(tmp_path / f"s{k}.dcm")
         d.save_as(paths[-1])
-    vol = read_dicom_volume(paths)
+    vol = read_ct_series(paths)
     assert vol.data.shape == (128, 128, 3)
     assert [s.path for s in vol.slices] == [str(paths[i]) for i in (1, 2, 0)]   # z = -5, 2.5, 10
     assert np.isclose(vol.affine[2, 2], 7.5)
     mr = get_testdata_file("MR_small.dcm", download=False)
     with pytest.raises(ValueError, match="MR_small.dcm is not a CT image"):
-        read_dicom_volume([paths[0], mr])
+        read_ct_series([paths[0], mr])

@@ -7,20 +7,20 @@ import numpy as np
 import pytest
 import torch
 
-from sciprior.datasets.fastmri import (
-    ISMRMRD_NS,
-    center_crop,
-    make_ismrmrd_header,
-    parse_ismrmrd_header,
-    read_fastmri,
-    write_fastmri,
-)
 from sciprior.modalities.mri import (
     MultiCoilMRI,
     birdcage_maps,
     column_mask,
     problem_from_kspace,
     simulate_kspace,
+)
+from sciprior.modalities.mri.fastmri import (
+    ISMRMRD_NS,
+    center_crop,
+    make_ismrmrd_header,
+    parse_ismrmrd_header,
+    read_fastmri,
+    write_fastmri,
 )
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from sciprior.datasets.sample_ct import ct_head_paths, load_sample_ct, sample_ct_path
 from sciprior.modalities.ct import CTNormalization
+from sciprior.modalities.ct.samples import ct_head_paths, load_sample_ct, sample_ct_path
 
 
 @pytest.fixture

@@ -4,12 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from sciprior.datasets.sample_mri import (
-    MNI152_T1_FILE,
-    load_mni152_t1,
-    mni152_axial_slice,
-    mni152_t1_path,
-)
+from sciprior.modalities.mri.samples import MNI152_T1_FILE, load_mni152_t1, mni152_axial_slice, mni152_t1_path
 
 
 def test_template_is_read_from_the_installed_package():

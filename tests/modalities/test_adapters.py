@@ -2,29 +2,24 @@
 resizing), the CT and MRI problems they build (offsets, noise, baselines) and their config checks."""
 
 import math
+import os
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
-from sciprior.modalities.adapter import (
-    PerSliceOperator,
-    VolumeGrid,
-    cut_stack,
-    data_consistency,
-    read_nifti,
-    resolve_input,
-    stack_to_file_order,
-)
-from sciprior.modalities.base import OPERATOR_REGISTRY, BlockMean, check_adjoint
-from sciprior.modalities.ct_adapter import BlankScanTransmission, CTAdapter
-from sciprior.modalities.mri_adapter import MRIAdapter, RealToComplex, lowres_phase
-
-
-@pytest.mark.parametrize("name", ["real_to_complex", "sense_of_real_image", "per_slice_operator"])
-def test_adapter_operators_are_adjoint(name):
-    assert check_adjoint(OPERATOR_REGISTRY[name]()) < 1e-5
+from sciprior.io.grid import VolumeGrid, cut_stack, stack_to_file_order
+from sciprior.io.nifti import read_nifti
+from sciprior.io.paths import resolve_input
+from sciprior.modalities import sample_table, trained_reader
+from sciprior.modalities.ct.adapter import CTAdapter
+from sciprior.modalities.mri.adapter import MRIAdapter
+from sciprior.modalities.mri.coils import lowres_phase
+from sciprior.physics.generic import BlockMean, RealToComplex
+from sciprior.physics.noise import TransmissionPoisson
+from sciprior.physics.problem import data_consistency
+from sciprior.physics.stack import PerSliceOperator
 
 
 def test_real_to_complex_embeds_with_zero_imaginary_part():
@@ -125,11 +120,37 @@ def test_slices_do_not_depend_on_the_file_orientation(tmp_path):
 def test_resolve_input_names_the_key_and_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="input: no such file.*missing.nii.gz"):
         resolve_input(str(tmp_path / "missing.nii.gz"))
-    with pytest.raises(FileNotFoundError, match="unknown sample 'sample:nope'"):
-        resolve_input("sample:nope")
+    with pytest.raises(FileNotFoundError, match="unknown sample 'sample:nope'; known samples: .*sample:head_ct"):
+        resolve_input("sample:nope", samples=sample_table)
     (tmp_path / "x.txt").write_text("hello")
-    with pytest.raises(ValueError, match="cannot tell the file type"):
+    with pytest.raises(ValueError, match="cannot tell what .*x.txt.* is: its content is none of NIfTI"):
         resolve_input(str(tmp_path / "x.txt"))
+
+
+def test_input_kinds_are_recognised_by_content_not_by_name(tmp_path):
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 2), np.float32), np.eye(4)), str(tmp_path / "a.nii.gz"))
+    (tmp_path / "renamed.data").write_bytes((tmp_path / "a.nii.gz").read_bytes())
+    nib.save(nib.Nifti1Image(np.zeros((4, 4), np.float32), np.eye(4)), str(tmp_path / "plain.nii"))
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(tmp_path / "k.bin", "w") as f:
+        f["kspace"] = np.zeros((1, 4, 4), np.complex64)
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["image"] = np.zeros((4, 4))
+    np.save(tmp_path / "arr.npy", np.zeros(3))
+    kinds = {p: resolve_input(str(tmp_path / p))[0] for p in ("a.nii.gz", "renamed.data", "plain.nii", "k.bin",
+                                                               "other.h5", "arr.npy")}
+    assert kinds == {"a.nii.gz": "nifti", "renamed.data": "nifti", "plain.nii": "nifti", "k.bin": "hdf5",
+                     "other.h5": "hdf5", "arr.npy": "npy"}
+    assert resolve_input("sample:head_ct", samples=sample_table)[0] == "dicom"
+    # the MRI adapter reads HDF5 only with a kspace dataset (the fastMRI layout), whatever the name says
+    MRIAdapter().check_input(str(tmp_path / "k.bin"))
+    with pytest.raises(ValueError, match="other.h5.*HDF5 file without a 'kspace' dataset"):
+        MRIAdapter().check_input(str(tmp_path / "other.h5"))
+    with pytest.raises(ValueError, match="the ct modality cannot read hdf5 input"):
+        CTAdapter().check_input(str(tmp_path / "k.bin"))
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(ValueError, match="fifo.* is not a regular file or directory"):
+        resolve_input(str(tmp_path / "fifo"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,7 +159,7 @@ def test_resolve_input_names_the_key_and_path(tmp_path):
 
 
 def test_ct_problem_is_linear_in_the_prior_image_with_the_offset_removed():
-    ad = CTAdapter(n_views=20, image_size=64, i0=None, sigma=0.0)
+    ad = CTAdapter(n_views=20, image_size=64, i0=None, sigma=0.0, hu_window=(-1000.0, 1000.0))
     problem, ctx = ad.load("sample:head_ct")
     assert problem.image_shape == ad.image_shape("sample:head_ct") == (1, 64, 64)
     ref = problem.reference
@@ -156,7 +177,7 @@ def test_ct_problem_is_linear_in_the_prior_image_with_the_offset_removed():
 def test_ct_low_dose_counts_and_fbp_baseline():
     ad = CTAdapter(n_views=90, image_size=64, i0=2e4, fbp_filter="hann")
     problem, ctx = ad.load("sample:head_ct")
-    assert isinstance(problem.noise, BlankScanTransmission)
+    assert isinstance(problem.noise, TransmissionPoisson)
     counts = problem.y
     assert torch.all(counts == counts.round()) and float(counts.max()) <= 2e4 * 1.1
     # the post-log WLS view equals the noiseless P(alpha x) up to Poisson noise ~ 1/sqrt(counts)
@@ -178,8 +199,16 @@ def test_ct_fan_beam_and_limited_angle_settings():
     assert ctx.meta["geometry"] == "fan" and problem.y.shape[-2] == 24
     with pytest.raises(ValueError, match="angular_range"):
         CTAdapter(angular_range=400)
-    msg = CTAdapter().check_trained_domain({"reader_args": {"intensity": "hu_window", "window": [-1024, 3071]}})
-    assert "modality.init_args.hu_window" in msg and "-1024" in msg
+    legacy = trained_reader({"reader": "SliceReader", "reader_args": {"intensity": "hu_window",
+                                                                      "window": [-1024, 3071]}})
+    assert legacy.modality == "ct" and legacy.reader == "slices"
+    assert CTAdapter().check_trained_domain(legacy) is None  # the default window is the shipped prior's
+    msg = CTAdapter(hu_window=(-1000, 1000)).check_trained_domain(legacy)
+    assert "modality.hu_window=[-1000.0, 1000.0]" in msg and "set hu_window to [-1024.0, 3071.0]" in msg
+    new = trained_reader({"modality": "ct", "reader": {"name": "slices", "window": [-500, 500], "clip": True}})
+    assert "set hu_window to [-500.0, 500.0]" in CTAdapter().check_trained_domain(new)
+    mri = trained_reader({"modality": "mri", "reader": {"name": "slices", "percentiles": [0.5, 99.5]}})
+    assert "trained on mri data" in CTAdapter().check_trained_domain(mri)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,9 +259,14 @@ def test_mri_check_trained_domain_and_settings():
     ad = MRIAdapter()
     assert ad.center_fraction == pytest.approx(0.08)
     assert MRIAdapter(acceleration=8).center_fraction == pytest.approx(0.04)
-    msg = ad.check_trained_domain({"reader_args": {"intensity": "percentile", "percentiles": [1.0, 99.0]}})
-    assert "modality.init_args.percentiles" in msg
-    assert "image_model" in ad.check_trained_domain({"reader_args": {"output": "complex"}})
-    assert ad.check_trained_domain({"reader_args": {"intensity": "percentile", "percentiles": [0.5, 99.5]}}) is None
+    def legacy(reader, **args):
+        return trained_reader({"reader": reader, "reader_args": args})
+
+    msg = ad.check_trained_domain(legacy("SliceReader", intensity="percentile", percentiles=[1.0, 99.0]))
+    assert "modality.percentiles" in msg
+    assert "image_model" in ad.check_trained_domain(legacy("FastMRIReader", output="complex"))
+    assert ad.check_trained_domain(legacy("SliceReader", intensity="percentile", percentiles=[0.5, 99.5])) is None
+    assert "trained on ct data" in ad.check_trained_domain(legacy("SliceReader", intensity="hu_window",
+                                                                  window=[-1024, 3071]))
     with pytest.raises(ValueError, match="acceleration"):
         MRIAdapter(acceleration=0.5)

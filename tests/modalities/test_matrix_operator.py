@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sciprior.modalities.base import MatrixOperator
+from sciprior.physics.generic import MatrixOperator
 
 
 def _dense_prox(a: torch.Tensor, z: torch.Tensor, y: torch.Tensor, g: float) -> torch.Tensor:

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from sciprior.modalities import mri
-from sciprior.modalities.base import OPERATOR_REGISTRY, check_adjoint, operator_matrix
 from sciprior.modalities.mri import (
     MultiCoilMRI,
     SingleCoilMRI,
@@ -30,6 +29,8 @@ from sciprior.modalities.mri import (
     zero_filled,
     zero_filled_rss,
 )
+from sciprior.physics.operator import operator_matrix
+from sciprior.physics.testing import EXAMPLES, check_adjoint
 
 
 def _cplx(shape, seed, dtype=torch.complex64):
@@ -46,7 +47,7 @@ def _psnr(ref: torch.Tensor, est: torch.Tensor) -> float:
 
 @pytest.fixture(scope="module")
 def brain():
-    from sciprior.datasets.sample_mri import mni152_axial_slice
+    from sciprior.modalities.mri.samples import mni152_axial_slice
 
     return mni152_axial_slice(size=128)
 
@@ -86,10 +87,10 @@ def test_forward_is_masked_centred_fft_of_coil_images(shape):
 
 
 def test_mri_operators_are_registered_and_adjoint():
-    names = [n for n in OPERATOR_REGISTRY if n.startswith("mri_")]
+    names = [n for n in EXAMPLES if n.startswith("mri_")]
     assert len(names) >= 3
     for n in names:
-        assert check_adjoint(OPERATOR_REGISTRY[n]()) < 1e-5, n
+        assert check_adjoint(EXAMPLES[n]()) < 1e-5, n
 
 
 def test_full_sampling_with_normalised_maps_is_an_isometry():
@@ -345,7 +346,8 @@ def test_nan_in_measurement_is_named():
         problem_from_kspace(y[0], torch.ones(12), maps=maps)
     with pytest.raises(ValueError, match="NaN/Inf"):
         espirit_maps(y[0], 8)
-    from sciprior.modalities.noise import Gaussian, Problem
+    from sciprior.physics.noise import Gaussian
+    from sciprior.physics.problem import Problem
 
     with pytest.raises(ValueError, match="NaN/Inf"):
         Problem(op, y, Gaussian(0.1), (2, 16, 12))

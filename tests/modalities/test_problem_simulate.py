@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from sciprior.modalities.base import Identity, Mask, StackedOperator
 from sciprior.modalities.mri import MultiCoilMRI, birdcage_maps
 from sciprior.modalities.mri.masks import column_mask
-from sciprior.modalities.mri_adapter import RealToComplex
-from sciprior.modalities.noise import Gaussian, Problem, StackedNoise
+from sciprior.physics.generic import Identity, Mask, RealToComplex
+from sciprior.physics.noise import Gaussian, StackedNoise
+from sciprior.physics.operator import StackedOperator
+from sciprior.physics.problem import Problem
 
 
 def test_masked_pixels_get_no_noise_and_measured_ones_do():
@@ -47,7 +48,7 @@ def test_stacked_operator_masks_only_the_masked_measurement():
 
 
 def test_slice_stack_shares_the_2d_support():
-    from sciprior.modalities.volume import SliceStackOperator
+    from sciprior.physics.stack import SliceStackOperator
 
     mask = torch.tensor([[[1.0, 0.0, 1.0]]])
     op = SliceStackOperator(Mask(mask, (1, 1, 3)), depth=4, chunk_size=2)

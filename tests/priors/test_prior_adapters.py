@@ -12,8 +12,8 @@ import torch
 from monai.networks.schedulers import DDPMScheduler
 from torch import nn
 
-from sciprior.priors.adapters import EpsilonDenoiser, FlowDenoiser
 from sciprior.priors.analytic import GaussianPrior
+from sciprior.priors.external import EpsilonDenoiser, FlowDenoiser
 from sciprior.priors.networks import build_unet
 
 
@@ -34,7 +34,7 @@ def bc(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 class ExactDDPMNet(nn.Module):
-    """The exact DDPM network of a Gaussian prior, for the timesteps of a discrete schedule.
+    """The exact DDPM network of a Gaussian prior, for the timesteps of a discrete sampling_sigmas.
 
     sigma(t) at fractional t is np.interp of log-sigma over the integer grid (written here
     independently of the adapter's searchsorted version).

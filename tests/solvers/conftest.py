@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sciprior.modalities.base import MatrixOperator
-from sciprior.modalities.noise import Gaussian, Problem
+from sciprior.physics.generic import MatrixOperator
+from sciprior.physics.noise import Gaussian
+from sciprior.physics.problem import Problem
 from sciprior.priors.analytic import GaussianMixturePrior, GaussianPrior
 
 

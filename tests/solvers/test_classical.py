@@ -8,25 +8,13 @@ import math
 import pytest
 import torch
 
-from sciprior.modalities.base import (
-    Identity,
-    LinearOperator,
-    MatrixOperator,
-    Operator,
-    StackedOperator,
-    check_adjoint,
-)
-from sciprior.modalities.noise import Gaussian, Poisson, Problem, StackedNoise
-from sciprior.solvers.classical import (
-    Gradient,
-    adjoint_recon,
-    cgls,
-    divergence,
-    gradient,
-    operator_norm,
-    total_variation,
-    tv_pdhg,
-)
+from sciprior.linalg import operator_norm
+from sciprior.physics.generic import Gradient, Identity, MatrixOperator, divergence, gradient, total_variation
+from sciprior.physics.noise import Gaussian, Poisson, StackedNoise
+from sciprior.physics.operator import LinearOperator, Operator, StackedOperator
+from sciprior.physics.problem import Problem
+from sciprior.physics.testing import check_adjoint
+from sciprior.solvers.classical import adjoint_recon, cgls, tv_pdhg
 
 F64 = torch.float64
 

@@ -18,8 +18,10 @@ import pytest
 import torch
 from conftest import make_gaussian_problem
 
-from sciprior.modalities.base import LinearOperator, Mask, MatrixOperator, Operator, StackedOperator
-from sciprior.modalities.noise import Gaussian, Poisson, Problem, StackedNoise
+from sciprior.physics.generic import Mask, MatrixOperator
+from sciprior.physics.noise import Gaussian, Poisson, StackedNoise
+from sciprior.physics.operator import LinearOperator, Operator, StackedOperator
+from sciprior.physics.problem import Problem
 from sciprior.priors.analytic import GaussianPrior
 from sciprior.solvers.ddnm import ddnm, pinv_noise_gain
 from sciprior.solvers.dds import dds
@@ -310,7 +312,7 @@ def test_pigdm_cg_path_matches_closed_form():
 
 def test_hyperparameter_variants_and_validation():
     prior, problem, post = make_gaussian_problem()
-    # DDS with the paper's fixed data weight instead of the Bayesian r_t^2 schedule still uses the data.
+    # DDS with the paper's fixed data weight instead of the Bayesian r_t^2 sampling_sigmas still uses the data.
     res = dds(prior, problem, steps=20, gamma=25.0, num_samples=256, progress=False)
     assert float(mean_error(res, prior, post).max()) < 0.5
     res = pigdm(prior, problem, steps=20, weight="code", num_samples=256, progress=False)
@@ -361,7 +363,7 @@ def test_complex_sense_operator_matches_its_real_stacked_matrix(name):
     likelihoods are handled like real ones, no factor 2 lost between real and imaginary parts)."""
     from sciprior.modalities.mri import MultiCoilMRI, birdcage_maps
     from sciprior.modalities.mri.masks import column_mask
-    from sciprior.modalities.mri_adapter import RealToComplex
+    from sciprior.physics.generic import RealToComplex
 
     n = 8
     sense = MultiCoilMRI(birdcage_maps(2, (n, n), dtype=torch.complex128), column_mask("random", n, 2, 0.25, seed=1)[0])

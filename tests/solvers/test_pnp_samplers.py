@@ -22,9 +22,11 @@ import pytest
 import torch
 from conftest import make_gaussian_problem
 
-from sciprior.modalities.base import Identity, LinearOperator, MatrixOperator, Operator, operator_matrix
-from sciprior.modalities.noise import Gaussian, Poisson, Problem
-from sciprior.solvers import _inner
+from sciprior.physics.generic import Identity, MatrixOperator
+from sciprior.physics.noise import Gaussian, Poisson
+from sciprior.physics.operator import LinearOperator, Operator, operator_matrix
+from sciprior.physics.problem import Problem
+from sciprior.solvers import _data, common, edm
 from sciprior.solvers.common import prepare
 from sciprior.solvers.daps import daps
 from sciprior.solvers.diffpir import diffpir
@@ -33,7 +35,7 @@ from sciprior.solvers.reddiff import reddiff
 
 F64 = torch.float64
 
-# PnP-DM test schedule: rho 3 -> 0.1 (decay 0.9 reaches rho_min after 33 of 100 iterations),
+# PnP-DM test sampling_sigmas: rho 3 -> 0.1 (decay 0.9 reaches rho_min after 33 of 100 iterations),
 # a 50-level EDM grid for the prior step
 PNPDM_KW = dict(steps=100, rho_start=3.0, rho_min=0.1, rho_decay=0.9, prior_steps=50)
 
@@ -175,7 +177,7 @@ def test_pnpdm_with_deterministic_prior_step_fails_covariance(monkeypatch):
     prior, problem, post = gaussian_case()
 
     def ode_instead(den, x, sigmas, noise):
-        return _inner.pf_ode(den, x, sigmas)
+        return edm.pf_ode(den, x, sigmas)
 
     import sciprior.solvers.pnpdm as pnpdm_mod
 
@@ -295,7 +297,7 @@ def test_exact_likelihood_step(path):
     op = problem.operator if path == "prox_l2" else Wrapped(problem.operator)
     n, r = 20000, 0.3
     setup = prepare(prior, Problem(op, problem.y[:1], problem.noise, problem.image_shape), n, [3])
-    data = _inner.DataTerm(setup.problem, "test")
+    data = _data.DataTerm(setup.problem, "test")
     assert data.closed_prox == (path == "prox_l2")
     center = torch.linspace(-1, 1, 6, dtype=F64).reshape(1, 1, 6).expand(n, 1, 6)
     z = data.sample_exact(center, r, setup.noise).reshape(n, 6)
@@ -316,7 +318,7 @@ def test_nfe_accounting():
     assert daps(prior, problem, steps=4, ode_steps=3, mcmc_steps=2, progress=False).nfe == 12
     kw = dict(steps=6, rho_start=2.0, rho_min=0.1, rho_decay=0.5, prior_steps=30)
     res = pnpdm(prior, problem, progress=False, **kw)
-    grid = _inner.schedule(prior, 30, None, None, 7.0)[:-1]
+    grid = common.sampling_sigmas(prior, 30, None, None, 7.0)[:-1]
     expected = sum(1 + int((grid < r).sum()) for r in rho_schedule(6, 2.0, 0.1, 0.5))
     assert res.nfe == expected
 

@@ -7,7 +7,7 @@ test checks the bound from the replicates' spread). Pooled over ``R`` replicates
 coordinate then has standard error ``sqrt(C_EFF / (N R))`` and a whitened covariance entry
 ``sqrt((1 + delta_ij) C_EFF / (N R))``; tolerances are ``Z`` of those (``Z = 4.5`` covers the few dozen
 coordinates checked at once). The SMC targets the posterior of the *discretised* prior (the
-ancestral sampler's law on the given schedule): for a Gaussian prior that posterior is computed in
+ancestral sampler's law on the given sampling_sigmas): for a Gaussian prior that posterior is computed in
 closed form, and the distance between it and the true posterior (a deterministic bias, below the
 Monte Carlo tolerance at the step counts used) is added to the tolerance against the true posterior.
 
@@ -25,8 +25,10 @@ from conftest import make_gaussian_problem, make_gmm_problem
 from torch import Tensor
 
 import sciprior.solvers.smc as smc_module
-from sciprior.modalities.base import Identity, LinearOperator, Mask, MatrixOperator, Operator
-from sciprior.modalities.noise import Gaussian, Poisson, Problem
+from sciprior.physics.generic import Identity, Mask, MatrixOperator
+from sciprior.physics.noise import Gaussian, Poisson
+from sciprior.physics.operator import LinearOperator, Operator
+from sciprior.physics.problem import Problem
 from sciprior.priors.analytic import GaussianPrior
 from sciprior.priors.base import karras_sigmas
 from sciprior.solvers.smc import smc, svd_system

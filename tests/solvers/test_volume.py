@@ -1,33 +1,27 @@
-"""3D volumes with a 2D prior: SliceStackOperator, the z-difference operator, dds_volume, NIfTI I/O."""
+"""3D volumes with a 2D prior: SliceStackOperator, the z-difference operator, dds_volume (NIfTI volumes end to end:
+tests/test_reconstruct.py)."""
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import pytest
 import torch
 
-from sciprior.modalities.base import Mask, MatrixOperator, check_adjoint, inner
 from sciprior.modalities.mri import MultiCoilMRI, birdcage_maps, random_mask
-from sciprior.modalities.noise import Gaussian, Problem
-from sciprior.modalities.volume import (
-    SliceDifference,
+from sciprior.physics.generic import Mask, MatrixOperator, SliceDifference, gradient, slice_diff, slice_diff_adjoint
+from sciprior.physics.noise import Gaussian
+from sciprior.physics.operator import inner
+from sciprior.physics.problem import Problem
+from sciprior.physics.stack import (
     SliceStackOperator,
     from_slices,
-    read_nifti_volume,
-    reconstruct_volume_nifti,
-    slice_diff,
-    slice_diff_adjoint,
     to_slices,
-    write_nifti_volume,
 )
+from sciprior.physics.testing import check_adjoint
 from sciprior.priors.analytic import GaussianPrior
 from sciprior.priors.wrappers import SliceWisePrior
-from sciprior.solvers.classical import gradient
 from sciprior.solvers.common import ItemNoise
 from sciprior.solvers.dds import dds
-from sciprior.solvers.volume import dds_volume, group_shrink
+from sciprior.solvers.dds3d import dds_volume, group_shrink
 
 H = W = 8
 
@@ -264,98 +258,3 @@ def test_dds_volume_is_registered():
     if "dds_volume" not in SOLVERS:
         pytest.skip("dds_volume is not in sciprior.solvers.SOLVERS yet")
     assert get_solver("dds_volume") is dds_volume
-
-
-# --------------------------------------------------------------------------------------------
-# NIfTI
-# --------------------------------------------------------------------------------------------
-
-
-def _write_input(path, data: np.ndarray) -> np.ndarray:
-    import nibabel as nib
-
-    c, s = math.cos(0.3), math.sin(0.3)
-    affine = np.array([[0.9 * c, -1.1 * s, 0.0, -12.5],
-                       [0.9 * s, 1.1 * c, 0.0, 30.0],
-                       [0.0, 0.0, 2.5, -7.0],
-                       [0.0, 0.0, 0.0, 1.0]])
-    img = nib.Nifti1Image(data.astype(np.float32), affine)
-    img.set_sform(affine, code=4)  # MNI
-    img.set_qform(affine, code=1)
-    nib.save(img, str(path))
-    return affine
-
-
-def test_nifti_round_trip_keeps_affine_header_and_layout(tmp_path):
-    import nibabel as nib
-
-    arr = np.random.default_rng(0).normal(size=(W, H, 5)).astype(np.float32)
-    affine = _write_input(tmp_path / "in.nii.gz", arr)
-    vol = read_nifti_volume(tmp_path / "in.nii.gz")
-    assert tuple(vol.data.shape) == (5, W, H)
-    np.testing.assert_array_equal(vol.data[2].numpy(), arr[:, :, 2])
-    out = write_nifti_volume(tmp_path / "copy.nii", vol.data, vol)
-    back = nib.load(str(out))
-    np.testing.assert_allclose(back.affine, affine, atol=1e-6)
-    np.testing.assert_array_equal(np.asarray(back.dataobj), arr)
-    assert int(back.header["sform_code"]) == 4 and int(back.header["qform_code"]) == 1
-    assert not list(tmp_path.glob(".*"))  # no temporary files left behind
-    other_axis = read_nifti_volume(tmp_path / "in.nii.gz", slice_axis=0)
-    assert tuple(other_axis.data.shape) == (W, H, 5)
-    np.testing.assert_array_equal(other_axis.voxel_array(), arr)
-
-
-def test_reconstruct_volume_nifti_keeps_the_affine(tmp_path):
-    import nibabel as nib
-
-    prior = se_prior()
-    g = torch.Generator().manual_seed(0)
-    slices = prior.sample(4, generator=g)  # (4, 1, H, W) -> voxel array (H, W, 4) in physical units
-    arr = (100.0 + 40.0 * slices[:, 0]).permute(1, 2, 0).numpy()
-    affine = _write_input(tmp_path / "scan.nii.gz", arr)
-    op2d = random_mask_2d(7, keep=0.5)
-
-    def make_problem(v: torch.Tensor) -> Problem:
-        return Problem.simulate(SliceStackOperator(op2d.float(), v.shape[2]), v, Gaussian(0.01),
-                                generator=torch.Generator().manual_seed(1))
-
-    res = reconstruct_volume_nifti(tmp_path / "scan.nii.gz", tmp_path / "out" / "recon.nii.gz", prior,
-                                   make_problem, offset=100.0, scale=40.0, steps=10, tv_z=0.0, progress=False)
-    out = nib.load(str(tmp_path / "out" / "recon.nii.gz"))
-    np.testing.assert_allclose(out.affine, affine, atol=1e-6)
-    assert out.shape == arr.shape and int(out.header["sform_code"]) == 4
-    written = np.asarray(out.dataobj)
-    expect = (res.mean[0, 0].double() * 40.0 + 100.0).permute(1, 2, 0).numpy()
-    np.testing.assert_allclose(written, expect, rtol=1e-6, atol=1e-3)
-    assert res.info["nifti"]["scale"] == 40.0
-    # half of the pixels are seen: the reconstruction beats the prior mean (the offset) by far
-    err = np.sqrt(((written - arr) ** 2).mean())
-    assert err < 0.5 * np.sqrt(((arr - 100.0) ** 2).mean())
-    with pytest.raises(ValueError, match=r"image_shape \(1, 3, 8, 8\) must be"):
-        reconstruct_volume_nifti(tmp_path / "scan.nii.gz", tmp_path / "bad.nii.gz", prior,
-                                 lambda v: make_problem(v[:, :, :3]), progress=False)
-    assert not (tmp_path / "bad.nii.gz").exists()
-
-
-def test_reconstruct_volume_nifti_complex_mri_writes_the_magnitude(tmp_path):
-    import nibabel as nib
-
-    arr = np.abs(np.random.default_rng(1).normal(size=(H, W, 3))).astype(np.float32) * 50.0
-    affine = _write_input(tmp_path / "mag.nii", arr)
-    op2d = MultiCoilMRI(birdcage_maps(2, (H, W)), torch.ones(W))  # fully sampled, 2 coils
-
-    def make_problem(v: torch.Tensor) -> Problem:
-        image = torch.cat([v, torch.zeros_like(v)], dim=1)  # (1, 2, D, H, W): real, imag
-        return Problem.simulate(SliceStackOperator(op2d, v.shape[2]), image, Gaussian(1e-3),
-                                generator=torch.Generator().manual_seed(0))
-
-    res = reconstruct_volume_nifti(tmp_path / "mag.nii", tmp_path / "mag_out.nii", se_prior(channels=2),
-                                   make_problem, steps=6, tv_z=0.0, progress=False)
-    scale = res.info["nifti"]["scale"]
-    assert scale == pytest.approx(float(np.quantile(np.abs(arr), 0.999)), rel=1e-6)
-    out = nib.load(str(tmp_path / "mag_out.nii"))
-    np.testing.assert_allclose(out.affine, affine, atol=1e-6)
-    written = np.asarray(out.dataobj)
-    assert written.shape == arr.shape and (written >= 0).all()
-    # fully sampled, nearly noiseless: the magnitude comes back
-    assert np.sqrt(((written - arr) ** 2).mean()) < 0.05 * np.sqrt((arr**2).mean())

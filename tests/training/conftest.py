@@ -42,15 +42,13 @@ def tiny_config(tmp: Path, files: list[Path], **overrides) -> dict:
         "seed_everything": 0,
         "model": {"network": dict(TINY_NET), "warmup_steps": 2, "lr": 1e-3, "sample_every_n_epochs": 0},
         "data": {
-            "class_path": "sciprior.datasets.training_sets.SliceDataModule",
-            "init_args": {
-                "paths": [str(f) for f in files[:-1]],
-                "val_paths": [str(files[-1])],
-                "intensity": "minmax",
-                "batch_size": 4,
-                "flips": True,
-                "rot90": True,
-            },
+            "modality": "mri",
+            "reader": {"name": "slices", "percentiles": [0.0, 100.0]},  # min -> -1, max -> 1
+            "paths": [str(f) for f in files[:-1]],
+            "val_paths": [str(files[-1])],
+            "batch_size": 4,
+            "flips": True,
+            "rot90": True,
         },
         "trainer": {
             "max_steps": 4,

@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 import torch
 from conftest import TINY_NET, write_volumes
 
-from sciprior.datasets.training_sets import SliceDataModule
+from sciprior.datasets.module import PriorDataModule
 from sciprior.training.module import EMA, EDMPriorModule
 
 
@@ -35,10 +35,11 @@ class RecordRanks(pl.Callback):
 
 def test_ddp_two_cpu_processes(tmp_path: Path):
     files = write_volumes(tmp_path / "data", 3, shape=(16, 16, 8))
-    dm = SliceDataModule(
+    dm = PriorDataModule(
+        "mri",
         [str(f) for f in files[:2]],
+        reader={"percentiles": [0.0, 100.0]},
         val_paths=[str(files[2])],
-        intensity="minmax",
         batch_size=4,
         flips=False,
         rot90=False,

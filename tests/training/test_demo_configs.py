@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sciprior.datasets.sample_ct import sample_ct_path
+from sciprior.modalities.ct.samples import sample_ct_path
 from sciprior.priors.networks import count_parameters
 from sciprior.training.cli import make_cli
 

@@ -129,7 +129,7 @@ def test_resume_with_oblique_views_continues_exactly(tmp_path: Path, volumes: li
     """Oblique re-sliced views (tilt/spin) are drawn per (seed, epoch, index) like the others: 4 steps straight ==
     3 steps + mid-epoch resume."""
     opts = {"checkpoint.every_n_train_steps": 1, "checkpoint.every_n_epochs": None,
-            "data.init_args.tilt": 10.0, "data.init_args.spin": 10.0}
+            "data.tilt": 10.0, "data.spin": 10.0}
     straight = _run(tmp_path / "straight", volumes, **{"trainer.max_steps": 4}, **opts)
     run = _run(tmp_path / "stop3", volumes, **{"trainer.max_steps": 3}, **opts)
     (run / "ckpt" / "last.ckpt").rename(run / "first.ckpt")
@@ -147,7 +147,7 @@ def test_yaml_typo_fails_naming_the_key(tmp_path: Path, volumes: list[Path], cap
     assert "warmup_stpes" in capsys.readouterr().err
 
     cfg = tiny_config(tmp_path, volumes)
-    cfg["data"]["init_args"]["batch_sise"] = 3
+    cfg["data"]["batch_sise"] = 3
     path = write_config(tmp_path / "typo2.yaml", cfg)
     with pytest.raises(SystemExit):
         main_train([str(path)])
@@ -164,15 +164,15 @@ def test_yaml_typo_fails_naming_the_key(tmp_path: Path, volumes: list[Path], cap
     assert "chanels" in capsys.readouterr().err
 
     with pytest.raises(SystemExit):  # a value outside the typed choices (true / false / horizontal / vertical)
-        main_train([str(tmp_path / "ok.yaml"), "--data.init_args.flips", "sideways", "--print_config"])
+        main_train([str(tmp_path / "ok.yaml"), "--data.flips", "sideways", "--print_config"])
     err = capsys.readouterr().err
-    assert 'Parser key "flips"' in err and "sideways" in err
+    assert 'Parser key "data.flips"' in err and "sideways" in err
 
 
 def test_bad_path_names_the_file(tmp_path: Path, volumes: list[Path], capsys):
     missing = str(tmp_path / "nowhere" / "scan.nii.gz")
     path = write_config(
-        tmp_path / "bad.yaml", tiny_config(tmp_path, volumes, **{"data.init_args.paths": [missing]})
+        tmp_path / "bad.yaml", tiny_config(tmp_path, volumes, **{"data.paths": [missing]})
     )
     with pytest.raises((SystemExit, FileNotFoundError, ValueError)) as e:  # jsonargparse may wrap it
         main_train([str(path)])
@@ -183,11 +183,11 @@ def test_bad_path_names_the_file(tmp_path: Path, volumes: list[Path], capsys):
 def test_print_config_applies_overrides(tmp_path: Path, volumes: list[Path], capsys):
     path = write_config(tmp_path / "ok.yaml", tiny_config(tmp_path, volumes))
     with pytest.raises(SystemExit) as e:
-        main_train([str(path), "--model.lr", "0.123", "--data.init_args.flips", "horizontal", "--print_config"])
+        main_train([str(path), "--model.lr", "0.123", "--data.flips", "horizontal", "--print_config"])
     assert e.value.code in (0, None)
     out = capsys.readouterr().out
     assert "flips: horizontal" in out
-    assert "lr: 0.123" in out and "class_path: sciprior.datasets.training_sets.SliceDataModule" in out
+    assert "lr: 0.123" in out and "modality: mri" in out
     assert f"precision: {default_precision()}" in out  # the machine's default
 
 

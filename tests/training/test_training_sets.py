@@ -1,4 +1,5 @@
-"""Training sets: split by file, readers per modality, deterministic views, samplers, caches, errors."""
+"""The training set (one data module for every modality): split by file, the modalities' readers, deterministic
+views, samplers, caches, errors naming the key."""
 
 from __future__ import annotations
 
@@ -9,20 +10,23 @@ import pytest
 import torch
 from conftest import write_volumes
 
-from sciprior.datasets.training_sets import (
-    EpochSampler,
-    FastMRIDataModule,
-    FastMRIReader,
-    FieldDataModule,
-    HyperspectralDataModule,
-    RandomAffine,
-    SliceDataModule,
-    SliceReader,
-    random_affine,
-    random_view,
-    resolve_paths,
-    window_to_unit,
-)
+from sciprior.datasets.module import PriorDataModule
+from sciprior.datasets.sampling import EpochSampler
+from sciprior.datasets.views import RandomAffine, random_affine, random_view
+from sciprior.io.paths import resolve_paths
+from sciprior.modalities import sample_table
+from sciprior.modalities.ct.data import CTSlices
+from sciprior.modalities.mri.data import KSpaceSlices, MRSlices
+
+
+def slices(paths, percentiles=(0.5, 99.5), **kw) -> PriorDataModule:
+    """MR magnitude slices of NIfTI volumes, normalised by their percentiles (0, 100: min and max)."""
+    return PriorDataModule("mri", paths, reader={"name": "slices", "percentiles": list(percentiles)}, **kw)
+
+
+def identity_slices(paths, **kw) -> PriorDataModule:
+    """Slices with the values as stored: the CT reader with the window [-1, 1], unclipped, is the identity map."""
+    return PriorDataModule("ct", paths, reader={"window": [-1.0, 1.0], "clip": False}, **kw)
 
 
 def _paths(items: list[dict]) -> set[str]:
@@ -31,22 +35,22 @@ def _paths(items: list[dict]) -> set[str]:
 
 def test_split_is_by_file(tmp_path: Path):
     files = write_volumes(tmp_path, 5, shape=(8, 8, 3))
-    dm = SliceDataModule([str(f) for f in files], val_fraction=0.4, batch_size=2, seed=3)
+    dm = slices([str(f) for f in files], val_fraction=0.4, batch_size=2, seed=3)
     dm.setup("fit")
     train, val = _paths(dm.train_items), _paths(dm.val_items)
     assert len(val) == 2 and len(train) == 3 and not train & val
     assert train | val == {str(f) for f in files}
     assert len(dm.train_set) == 3 * 3 and len(dm.val_set) == 2 * 3  # every slice of a file stays with it
     # the split is reproducible from the seed
-    again = SliceDataModule([str(f) for f in files], val_fraction=0.4, batch_size=2, seed=3)
+    again = slices([str(f) for f in files], val_fraction=0.4, batch_size=2, seed=3)
     assert {*map(str, again.val_files)} == val
     with pytest.raises(ValueError, match="in both paths and val_paths"):
-        SliceDataModule([str(f) for f in files], val_paths=[str(files[0])])
+        slices([str(f) for f in files], val_paths=[str(files[0])])
 
 
 def test_holdout_slab_of_a_single_volume(tmp_path: Path):
     (f,) = write_volumes(tmp_path, 1, shape=(8, 8, 10))
-    dm = SliceDataModule(str(f), holdout=(4, 6), holdout_margin=1, batch_size=2)
+    dm = slices(str(f), holdout=(4, 6), holdout_margin=1, batch_size=2)
     dm.setup("fit")
     assert sorted(it["index"] for it in dm.train_items) == [0, 1, 2, 7, 8, 9]
     assert sorted(it["index"] for it in dm.val_items) == [4, 5]
@@ -59,19 +63,12 @@ def test_slices_of_a_dicom_file_match_pydicom(tmp_path: Path):
     path = get_testdata_file("CT_small.dcm")
     ds = pydicom.dcmread(path)
     hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
-    dm = SliceDataModule(
-        path,
-        intensity="hu_window",
-        window=(-1000, 1000),
-        clip=True,
-        val_fraction=0.0,
-        batch_size=1,
-        flips=False,
-    )
+    dm = PriorDataModule("ct", path, reader={"window": [-1000, 1000], "clip": True}, val_fraction=0.0, batch_size=1,
+                         flips=False)
     dm.setup("fit")
     x = dm.train_set[0]
     assert x.shape == (1, 128, 128)
-    np.testing.assert_allclose(x[0].numpy(), window_to_unit(hu, -1000, 1000, True), atol=1e-6)
+    np.testing.assert_allclose(x[0].numpy(), np.clip(np.maximum(hu, -1024) / 1000, -1, 1), atol=1e-6)
 
 
 def test_pixel_spacing_resamples_with_the_affine(tmp_path: Path):
@@ -80,18 +77,12 @@ def test_pixel_spacing_resamples_with_the_affine(tmp_path: Path):
     vol = np.zeros((40, 20, 3), np.float32)
     vol[10:30, 5:15] = 1.0  # a 20 x 10 voxel block = 10 mm x 10 mm at (0.5, 1.0) mm voxels
     nib.save(nib.Nifti1Image(vol, np.diag([0.5, 1.0, 2.0, 1.0])), str(tmp_path / "v.nii.gz"))
-    dm = SliceDataModule(
-        str(tmp_path / "v.nii.gz"),
-        intensity="none",
-        pixel_spacing=1.0,
-        val_fraction=0.0,
-        batch_size=1,
-        flips=False,
-        axcodes="RAS",
-    )
+    dm = PriorDataModule("ct", str(tmp_path / "v.nii.gz"),
+                         reader={"window": [-1.0, 1.0], "clip": False, "pixel_spacing": 1.0},
+                         val_fraction=0.0, batch_size=1, flips=False)
     dm.setup("fit")
     x = dm.train_set[0][0]
-    assert x.shape == (20, 20)  # (y, x) after the swap: 20 mm x 20 mm at 1 mm
+    assert x.shape == (20, 20)  # (y, x): 20 mm x 20 mm at 1 mm
     assert float(x.sum()) == pytest.approx(100.0, rel=1e-5)  # the 10 x 10 mm block keeps its area
 
 
@@ -104,9 +95,7 @@ def test_package_paths_are_resolved_without_download():
 
 def test_views_are_deterministic_per_epoch_and_index(tmp_path: Path):
     files = write_volumes(tmp_path, 2, shape=(16, 12, 2))
-    dm = SliceDataModule(
-        [str(f) for f in files], val_fraction=0.0, patch_size=(8, 8), rot90=True, repeats=3, batch_size=2
-    )
+    dm = slices([str(f) for f in files], val_fraction=0.0, patch_size=(8, 8), rot90=True, repeats=3, batch_size=2)
     dm.setup("fit")
     ds = dm.train_set
     assert len(ds) == 4 * 3 and ds[(5, 0)].shape == (1, 8, 8)
@@ -136,8 +125,8 @@ def test_flips_on_one_axis_only():
     assert seen[True] == {"", "h", "v", "hv"} and seen["horizontal"] == {"", "h"}
     assert seen["vertical"] == {"", "v"} and seen[False] == {""}
     for bad in ("diagonal", 1, 0):
-        with pytest.raises(ValueError, match="SliceDataModule.flips"):
-            SliceDataModule("sample:mni152_t1", flips=bad)
+        with pytest.raises(ValueError, match="data.flips"):
+            slices("sample:mni152_t1", flips=bad)
 
 
 class _Draws:
@@ -187,10 +176,9 @@ def test_random_affine_rotates_non_square_images_without_shear():
 
 
 def test_affine_jitter_in_training_views_only_and_bad_values_fail(tmp_path: Path):
-    dm = SliceDataModule("sample:mni152_t1", spatial_size=(32, 32), holdout=(74, 91), flips=False,
-                         affine={"rotate": 10.0, "scale": 0.1, "translate": 0.05}, min_foreground=0.05)
-    plain = SliceDataModule("sample:mni152_t1", spatial_size=(32, 32), holdout=(74, 91), flips=False,
-                            min_foreground=0.05)
+    dm = slices("sample:mni152_t1", spatial_size=(32, 32), holdout=(74, 91), flips=False,
+                affine={"rotate": 10.0, "scale": 0.1, "translate": 0.05}, min_foreground=0.05)
+    plain = slices("sample:mni152_t1", spatial_size=(32, 32), holdout=(74, 91), flips=False, min_foreground=0.05)
     dm.setup("fit")
     plain.setup("fit")
     assert isinstance(dm.affine, RandomAffine)
@@ -202,8 +190,8 @@ def test_affine_jitter_in_training_views_only_and_bad_values_fail(tmp_path: Path
     for bad in ({"rotate": -1.0}, {"scale": 1.0}, {"translate": float("nan")}):
         with pytest.raises(ValueError, match="affine." + next(iter(bad))):
             RandomAffine(**bad)
-    with pytest.raises(ValueError, match="SliceDataModule.affine: .*rotat"):
-        SliceDataModule("sample:mni152_t1", affine={"rotat": 3.0})
+    with pytest.raises(ValueError, match="data.affine: .*rotat"):
+        slices("sample:mni152_t1", affine={"rotat": 3.0})
 
 
 def _slab_volume(folder: Path) -> Path:
@@ -224,8 +212,8 @@ def _slab_volume(folder: Path) -> Path:
 
 def test_oblique_views_never_reach_the_held_out_slab(tmp_path: Path):
     path = _slab_volume(tmp_path)
-    kw = dict(intensity="hu_window", window=(-1.0, 1.0), holdout=(18, 22), holdout_margin=2, flips=False, batch_size=4)
-    dm = SliceDataModule(str(path), tilt=30.0, spin=20.0, **kw)
+    kw = dict(holdout=(18, 22), holdout_margin=2, flips=False, batch_size=4)
+    dm = identity_slices(str(path), tilt=30.0, spin=20.0, **kw)
     dm.setup("fit")
     assert type(dm.train_set).__name__ == "ObliqueSliceViews"
     assert sorted(it["index"] for it in dm.train_items) == [*range(16), *range(24, 40)]
@@ -243,7 +231,7 @@ def test_oblique_views_never_reach_the_held_out_slab(tmp_path: Path):
     assert not torch.equal(dm.train_set[(3, 1)], dm.train_set[(3, 2)])  # new angles every epoch
     # the slice next to the margin gets no tilt at all: the room is zero
     i15 = next(i for i, it in enumerate(dm.train_items) if it["index"] == 15)
-    plain = SliceDataModule(str(path), spin=20.0, **kw)
+    plain = identity_slices(str(path), spin=20.0, **kw)
     plain.setup("fit")
     assert type(plain.train_set).__name__ == "ObliqueSliceViews"
     torch.testing.assert_close(dm.train_set[(i15, 4)], plain.train_set[(i15, 4)], rtol=0, atol=1e-6)
@@ -251,8 +239,8 @@ def test_oblique_views_never_reach_the_held_out_slab(tmp_path: Path):
 
 def test_oblique_views_with_tiny_angles_are_the_cached_examples():
     kw = dict(spatial_size=(48, 48), holdout=(74, 91), flips=False, min_foreground=0.05)
-    dm = SliceDataModule("sample:mni152_t1", tilt=1e-7, spin=1e-7, **kw)
-    ref = SliceDataModule("sample:mni152_t1", **kw)
+    dm = slices("sample:mni152_t1", tilt=1e-7, spin=1e-7, **kw)
+    ref = slices("sample:mni152_t1", **kw)
     dm.setup("fit")
     ref.setup("fit")
     assert len(dm.train_set) == len(ref.train_set)
@@ -264,8 +252,8 @@ def test_oblique_views_with_tiny_angles_are_the_cached_examples():
 
 def test_bad_tilt_or_spin_fails_naming_the_key():
     for key, value in (("tilt", 45.0), ("tilt", -1.0), ("spin", float("nan")), ("spin", 200.0)):
-        with pytest.raises(ValueError, match=f"SliceDataModule.{key}"):
-            SliceDataModule("sample:mni152_t1", **{key: value})
+        with pytest.raises(ValueError, match=f"data.{key}"):
+            slices("sample:mni152_t1", **{key: value})
 
 
 def test_epoch_sampler_shards_are_disjoint_and_reshuffled():
@@ -286,13 +274,23 @@ def test_epoch_sampler_shards_are_disjoint_and_reshuffled():
 
 
 def test_bad_paths_name_key_and_file(tmp_path: Path):
-    with pytest.raises(FileNotFoundError, match=r"SliceDataModule\.paths: no such file.*missing\.nii"):
-        SliceDataModule(str(tmp_path / "missing.nii"))
+    with pytest.raises(FileNotFoundError, match=r"data\.paths: no such file.*missing\.nii"):
+        slices(str(tmp_path / "missing.nii"))
     with pytest.raises(FileNotFoundError, match=r"val_paths: the pattern .*\*\.h5.* matches no file"):
         (f,) = write_volumes(tmp_path, 1)
-        SliceDataModule(str(f), val_paths=str(tmp_path / "*.h5"))
-    with pytest.raises(FileNotFoundError, match="unknown sample file 'sample:nope'"):
-        resolve_paths("sample:nope")
+        slices(str(f), val_paths=str(tmp_path / "*.h5"))
+    with pytest.raises(FileNotFoundError, match="unknown sample 'sample:nope'"):
+        resolve_paths("sample:nope", "data.paths", sample_table)
+    with pytest.raises(ValueError, match="data.modality: unknown modality 'mir'; choose from"):
+        PriorDataModule("mir", str(f))
+    with pytest.raises(ValueError, match="data.reader.name: modality 'mri' has no reader 'slice'"):
+        PriorDataModule("mri", str(f), reader={"name": "slice"})
+    with pytest.raises(ValueError, match="data.reader.*percentile"):  # a misspelt reader setting
+        PriorDataModule("mri", str(f), reader={"percentile": [1, 99]})
+    with pytest.raises(ValueError, match="data.reader.*percentiles must satisfy"):  # a reader's own check
+        PriorDataModule("mri", str(f), reader={"percentiles": [99, 1]})
+    with pytest.raises(ValueError, match="data.tilt/data.spin: oblique re-slicing needs a reader of volume slices"):
+        PriorDataModule("mri", str(f), reader={"name": "kspace"}, tilt=5.0)
 
 
 def _fft2c(x: np.ndarray) -> np.ndarray:
@@ -306,7 +304,7 @@ def test_fastmri_single_and_multi_coil(tmp_path: Path):
     img = (rng.normal(size=(3, 32, 32)) + 1j * rng.normal(size=(3, 32, 32))) * (xx**2 + yy**2 < 0.8)
     with h5py.File(tmp_path / "single.h5", "w") as f:
         f["kspace"] = _fft2c(img).astype(np.complex64)
-    out = FastMRIReader(crop=None)(str(tmp_path / "single.h5"))
+    out = KSpaceSlices(crop=None)(str(tmp_path / "single.h5"))
     assert out.shape == (3, 2, 32, 32)
     scale = np.percentile(np.abs(img), 99.0)
     np.testing.assert_allclose(out[:, 0] + 1j * out[:, 1], img / scale, atol=1e-5)
@@ -316,15 +314,18 @@ def test_fastmri_single_and_multi_coil(tmp_path: Path):
     coils = sens[None] * smooth[None, None]
     with h5py.File(tmp_path / "multi.h5", "w") as f:
         f["kspace"] = _fft2c(coils).astype(np.complex64)
-    out = FastMRIReader(crop=(16, 16), acs_lines=32)(str(tmp_path / "multi.h5"))
+    out = KSpaceSlices(crop=(16, 16), acs_lines=32)(str(tmp_path / "multi.h5"))
     assert out.shape == (1, 2, 16, 16)
     rss = np.sqrt((np.abs(coils) ** 2).sum(1))[0, 8:24, 8:24]
     mag = np.hypot(out[0, 0], out[0, 1])
     np.testing.assert_allclose(mag / mag.max(), rss / rss.max(), atol=1e-3)
 
-    dm = FastMRIDataModule(str(tmp_path / "single.h5"), crop=None, val_fraction=0.0, batch_size=2)
+    dm = PriorDataModule("mri", str(tmp_path / "single.h5"), reader={"name": "kspace", "crop": None},
+                         val_fraction=0.0, batch_size=2)
     dm.setup("fit")
-    assert dm.example_shape == (2, 32, 32)
+    assert dm.example_shape == (2, 32, 32) and dm.pad_value == 0.0  # the complex background pads
+    assert dm.domain()["reader"] == {"name": "kspace", "output": "complex", "crop": None, "scale_percentile": 99.0,
+                                     "acs_lines": 24} and dm.domain()["modality"] == "mri"
 
 
 def test_hyperspectral_patches_are_crops_of_the_cube(tmp_path: Path):
@@ -332,18 +333,10 @@ def test_hyperspectral_patches_are_crops_of_the_cube(tmp_path: Path):
     cubes = [rng.uniform(0, 1, size=(24, 20, 5)).astype(np.float32) for _ in range(3)]  # (H, W, bands)
     for i, c in enumerate(cubes):
         np.save(tmp_path / f"cube{i}.npy", c)
-    dm = HyperspectralDataModule(
-        str(tmp_path / "cube*.npy"),
-        band_axis=2,
-        bands=[0, 2, 4],
-        patch_size=(8, 8),
-        repeats=4,
-        flips=False,
-        rot90=False,
-        intensity="max",
-        val_fraction=0.34,
-        batch_size=2,
-    )
+    dm = PriorDataModule("hyperspectral", str(tmp_path / "cube*.npy"),
+                         reader={"band_axis": 2, "bands": [0, 2, 4], "intensity": "max"},
+                         patch_size=(8, 8), repeats=4, val_repeats=4, flips=False, rot90=False, val_fraction=0.34,
+                         batch_size=2)
     dm.setup("fit")
     assert len(dm.train_files) == 2 and len(dm.val_files) == 1
     assert len(dm.train_set) == 8 and len(dm.val_set) == 4
@@ -351,9 +344,10 @@ def test_hyperspectral_patches_are_crops_of_the_cube(tmp_path: Path):
     assert x.shape == (3, 8, 8)
     cube = np.load(dm.train_items[3 % 2]["path"])
     ref = np.moveaxis(cube, 2, 0)[[0, 2, 4]]
-    ref = window_to_unit(ref, 0.0, float(ref.max()), False)
+    ref = ref / (float(ref.max()) / 2) - 1.0  # [0, max] -> [-1, 1]
     hits = [
-        (t, s) for t in range(24 - 7) for s in range(20 - 7) if np.allclose(ref[:, t : t + 8, s : s + 8], x)
+        (t, s) for t in range(24 - 7) for s in range(20 - 7)
+        if np.allclose(ref[:, t : t + 8, s : s + 8], x, rtol=0, atol=1e-6)  # float32 rounding of the map
     ]
     assert len(hits) == 1
 
@@ -372,9 +366,8 @@ def test_fields_use_training_statistics(tmp_path: Path):
         ds["sp"][0, 0, 0] = np.nan
         ds.to_netcdf(tmp_path / f"f{i}.nc")
     files = [str(tmp_path / f"f{i}.nc") for i in range(3)]
-    dm = FieldDataModule(
-        files[:2], val_paths=files[2:], variables=["t", "sp"], levels=[500.0, 1000.0], batch_size=2
-    )
+    dm = PriorDataModule("atmospheric", files[:2], val_paths=files[2:],
+                         reader={"variables": ["t", "sp"], "levels": [500.0, 1000.0]}, batch_size=2)
     dm.setup("fit")
     assert dm.example_shape == (3, 8, 16)
     train = torch.stack([dm.train_set[(i, 0)] for i in range(len(dm.train_set))])
@@ -384,23 +377,26 @@ def test_fields_use_training_statistics(tmp_path: Path):
     torch.testing.assert_close(train.std(dim=(0, 2, 3)), torch.full((3,), 0.5), atol=2e-3, rtol=0)
     val = torch.stack([dm.val_set[i] for i in range(len(dm.val_set))])
     assert float(val[:, 0].mean()) > 0.3  # the held-out file is warmer: not re-standardised on itself
-    assert dm.domain()["reader_args"]["mean"][0] == pytest.approx(255.0, abs=1.0)
+    assert dm.domain()["reader"]["mean"][0] == pytest.approx(255.0, abs=1.0)
+    assert dm.flips is False and dm.pad_value == 0.0  # the field reader's defaults: no flips, pad with the mean
     with pytest.raises(ValueError, match="lacks level"):
-        FieldDataModule(files, variables=["t"], levels=[700.0]).setup("fit")
+        PriorDataModule("atmospheric", files, reader={"variables": ["t"], "levels": [700.0]}).setup("fit")
+    with pytest.raises(ValueError, match="data.reader.*variables must name at least one"):
+        PriorDataModule("atmospheric", files, reader={"variables": []})
 
 
 def test_disk_cache_round_trip(tmp_path: Path):
     files = write_volumes(tmp_path / "d", 2, shape=(8, 8, 3))
     kw = dict(val_fraction=0.0, batch_size=2, cache="disk", cache_dir=str(tmp_path / "cache"), flips=False)
-    a = SliceDataModule([str(f) for f in files], **kw)
+    a = slices([str(f) for f in files], **kw)
     a.setup("fit")
     xs = [a.train_set[i] for i in range(len(a.train_set))]
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 6
-    b = SliceDataModule([str(f) for f in files], **kw)
+    b = slices([str(f) for f in files], **kw)
     b.setup("fit")
     for i, x in enumerate(xs):
         assert torch.equal(b.train_set[i], x)
-    c = SliceDataModule([str(f) for f in files], **{**kw, "intensity": "minmax"})  # other params: new keys
+    c = slices([str(f) for f in files], percentiles=(0.0, 100.0), **kw)  # other reader settings: new keys
     c.setup("fit")
     c.train_set[0]
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 7
@@ -411,9 +407,9 @@ def test_slice_reader_reports_the_voxel_size(tmp_path: Path):
 
     nib.save(nib.Nifti1Image(np.zeros((40, 20, 3), np.float32), np.diag([0.5, 1.0, 2.0, 1.0])),
              str(tmp_path / "v.nii.gz"))
-    vol, size = SliceReader(intensity="none", axcodes="RAS").read(str(tmp_path / "v.nii.gz"))
-    assert vol.shape == (3, 1, 20, 40) and size == (2.0, 1.0, 0.5)  # (slice, row, column) mm after the swap
-    _, size = SliceReader(intensity="none", axcodes="RAS", pixel_spacing=1.0).read(str(tmp_path / "v.nii.gz"))
+    vol, size = MRSlices().read(str(tmp_path / "v.nii.gz"))
+    assert vol.shape == (3, 1, 20, 40) and size == (2.0, 1.0, 0.5)  # (slice, row, column) mm
+    _, size = CTSlices(pixel_spacing=1.0).read(str(tmp_path / "v.nii.gz"))
     assert size == (2.0, 1.0, 1.0)
 
 
@@ -428,8 +424,7 @@ def test_oblique_views_tilt_by_physical_angles(tmp_path: Path):
     for thickness in (1.0, 3.0):
         path = tmp_path / f"t{thickness:g}.nii.gz"
         nib.save(nib.Nifti1Image(vol, np.diag([1.0, 1.0, thickness, 1.0])), str(path))
-        dm = SliceDataModule(str(path), intensity="hu_window", window=(-1.0, 1.0), tilt=20.0, spin=10.0,
-                             flips=False, batch_size=4, val_fraction=0.0)
+        dm = identity_slices(str(path), tilt=20.0, spin=10.0, flips=False, batch_size=4, val_fraction=0.0)
         dm.setup("fit")
         i20 = next(i for i, it in enumerate(dm.train_items) if it["index"] == 20)
         centre = torch.stack([dm.train_set[(i20, epoch)][0, 12:20, 12:20] for epoch in range(4)])
@@ -440,11 +435,10 @@ def test_oblique_views_tilt_by_physical_angles(tmp_path: Path):
 
 def test_oblique_views_memory_map_their_volumes_from_the_disk_cache(tmp_path: Path):
     path = _slab_volume(tmp_path / "data")
-    kw = dict(intensity="hu_window", window=(-1.0, 1.0), holdout=(18, 22), holdout_margin=2, flips=False,
-              batch_size=4, tilt=20.0, spin=10.0)
-    memory = SliceDataModule(str(path), **kw)
+    kw = dict(holdout=(18, 22), holdout_margin=2, flips=False, batch_size=4, tilt=20.0, spin=10.0)
+    memory = identity_slices(str(path), **kw)
     memory.setup("fit")
-    disk = SliceDataModule(str(path), cache="disk", cache_dir=str(tmp_path / "cache"), **kw)
+    disk = identity_slices(str(path), cache="disk", cache_dir=str(tmp_path / "cache"), **kw)
     disk.setup("fit")
     keys = [(i, e) for e in range(3) for i in range(0, len(memory.train_items), 7)]
     for k in keys:  # the same views as from memory
@@ -455,7 +449,7 @@ def test_oblique_views_memory_map_their_volumes_from_the_disk_cache(tmp_path: Pa
     assert isinstance(disk.train_set._load(item["path"], item["key"])[0], np.memmap)  # mapped, not held in RAM
 
     # a new run takes the volumes from the cache instead of reading the file again
-    again = SliceDataModule(str(path), cache="disk", cache_dir=str(tmp_path / "cache"), **kw)
+    again = identity_slices(str(path), cache="disk", cache_dir=str(tmp_path / "cache"), **kw)
     again.setup("fit")
 
     def no_read(p):

@@ -122,8 +122,9 @@ def fbp(op, y: Tensor, filter: str = "ram-lak", cutoff: float = 1.0, view_chunk:
     Returns ``(B, 1, H, W)`` images in the projector's image units (see the module docstring for the
     formulas, filters and the fan-beam full-scan assumption).
     """
-    from sciprior.modalities.ct.projector import FanBeamProjector, ParallelBeamProjector
-
+    kind = getattr(op, "kind", "")
+    if kind not in ("parallel", "fan"):
+        raise TypeError(f"FBP: unsupported projector {type(op).__name__} (needs a parallel- or fan-beam projector)")
     if not isinstance(y, Tensor):
         raise TypeError(f"FBP: expected a torch.Tensor sinogram, got {type(y).__name__}")
     op.check_measurement(y)
@@ -141,7 +142,7 @@ def fbp(op, y: Tensor, filter: str = "ram-lak", cutoff: float = 1.0, view_chunk:
     h_img, w_img = op.image_shape
     img = p.new_zeros(b, h_img * w_img)
 
-    if isinstance(op, ParallelBeamProjector):
+    if kind == "parallel":
         tau = op.det_spacing
         q = _filter_rows(p, ramp_kernel(n_pad, tau, filter, cutoff), tau)
         wts = angular_weights(angles, math.pi)
@@ -155,8 +156,6 @@ def fbp(op, y: Tensor, filter: str = "ram-lak", cutoff: float = 1.0, view_chunk:
             img = img + (_interp_views(q[:, a:a + view_chunk], u) * wv[None, :, None]).sum(1)
         return img.reshape(b, 1, h_img, w_img)
 
-    if not isinstance(op, FanBeamProjector):
-        raise TypeError(f"FBP: unsupported projector {type(op).__name__}")
     r = op.source_to_center
     wts = angular_weights(angles, 2 * math.pi)
     if op.detector == "equiangular":

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sciprior.modalities.base import LinearOperator
 from sciprior.modalities.ct import geometry as geo
 from sciprior.modalities.ct.joseph import CSRPair, joseph_matrix
+from sciprior.physics.operator import LinearOperator
 
 # Dense right-hand sides per sparse product (see CTProjector._spmm).
 _CACHE_BYTES = 4 * 2**20
@@ -160,12 +160,6 @@ class CTProjector(LinearOperator):
         fn = self.matrix.rmatmul if transpose else self.matrix.matmul
         outs = [fn(rows[c:c + step].T.contiguous()) for c in range(0, k, step)]
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
-
-    def fbp(self, y: Tensor, filter: str = "ram-lak", cutoff: float = 1.0) -> Tensor:
-        """Filtered back-projection, see :func:`sciprior.modalities.ct.fbp.fbp`."""
-        from sciprior.modalities.ct.fbp import fbp
-
-        return fbp(self, y, filter=filter, cutoff=cutoff)
 
     def extra_repr(self) -> str:
         return (f"image={self.image_shape}, pixel_size={self.pixel_size:g} mm, views={self.n_views}, "

@@ -13,6 +13,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from sciprior.modalities.mri.fourier import ifft2c
+from sciprior.modalities.mri.operator import MultiCoilMRI
+
 
 def birdcage_maps(num_coils: int, shape: Sequence[int], radius: float = 1.5,
                   dtype: torch.dtype = torch.complex64, normalize: bool = True) -> Tensor:
@@ -149,3 +152,46 @@ def espirit_maps(kspace: Tensor, calib_shape: int | Sequence[int] = 24, kernel_w
     if num_maps == 1:
         maps = maps[0]
     return (maps, eig) if return_eigenvalues else maps
+
+
+def lowres_phase(base: MultiCoilMRI, k: Tensor, calib: tuple[int, int]) -> Tensor:
+    """Unit-modulus phase ``(H, W)`` of the SENSE-combined image of the calibration block of ``k`` (1, C, H, W).
+
+    The block (``calib = (rows, cols)``, centred) is tapered by a Hann window before the inverse FFT, so
+    the phase map is smooth. Multiplying the coil maps by it makes the object seen by a magnitude
+    (real) prior nearly real (phase-constrained reconstruction; e.g. Noll, Nishimura, Macovski 1991,
+    "Homodyne detection in magnetic resonance imaging", IEEE TMI 10:154, for the low-resolution phase).
+    """
+    h, w = k.shape[-2:]
+    cy, cx = (max(1, min(int(c), n)) for c, n in zip(calib, (h, w)))
+    win = torch.zeros((h, w), dtype=torch.float64)
+    wy = torch.hann_window(cy + 2, periodic=False, dtype=torch.float64)[1:-1]
+    wx = torch.hann_window(cx + 2, periodic=False, dtype=torch.float64)[1:-1]
+    y0, x0 = h // 2 - cy // 2, w // 2 - cx // 2
+    win[y0:y0 + cy, x0:x0 + cx] = wy[:, None] * wx[None, :]
+    low = full_adjoint(base, k * win.to(k.real.dtype).to(k.device))  # (1, 2, H, W)
+    z = torch.complex(low[0, 0], low[0, 1])
+    mag = z.abs()
+    tiny = 1e-6 * float(mag.max()) + 1e-30
+    return torch.where(mag > tiny, z / mag.clamp_min(tiny), torch.ones_like(z)).to(base.maps.dtype)
+
+
+def full_adjoint(base: MultiCoilMRI, k: Tensor) -> Tensor:
+    """SENSE combination of fully sampled k-space ``k`` (1, C, H, W): ``S^H F^H k`` (no mask)."""
+    full = MultiCoilMRI(base.maps, torch.ones(base.image_size[1], device=k.device))
+    return full.adjoint(k)
+
+
+def acs_combine(kspace: Tensor, coil_images: Tensor, acs_lines: int) -> Tensor:
+    """Coil-combine ``coil_images`` ``(S, C, H, W)`` with sensitivities estimated from the central ``acs_lines``
+    columns of ``kspace`` (same shape): low-resolution coil images divided by their root-sum-of-squares (a simple
+    autocalibration estimate, not ESPIRiT), giving a complex image ``(S, H, W)`` whose magnitude approximates the
+    RSS image."""
+    ky = kspace.shape[-1]
+    c, half = ky // 2, max(acs_lines // 2, 1)
+    low = torch.zeros_like(kspace)
+    low[..., c - half:c + half] = kspace[..., c - half:c + half]
+    low_imgs = ifft2c(low)
+    rss_low = low_imgs.abs().square().sum(dim=1, keepdim=True).sqrt()
+    sens = low_imgs / torch.clamp(rss_low, min=1e-12 * float(rss_low.max()))
+    return (sens.conj() * coil_images).sum(dim=1)

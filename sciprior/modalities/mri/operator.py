@@ -25,9 +25,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from sciprior.modalities.base import LinearOperator
+from sciprior.linalg import conjugate_gradient
 from sciprior.modalities.mri.fourier import complex_dtype_for, shift_modulation, to_channels, to_complex
-from sciprior.solvers.linalg import conjugate_gradient
+from sciprior.physics.operator import LinearOperator
 
 
 def as_mask_2d(mask: Tensor, shape: tuple[int, int], who: str = "mask") -> Tensor:

@@ -13,12 +13,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sciprior.linalg import conjugate_gradient
 from sciprior.modalities.mri.coils import espirit_maps, rss
 from sciprior.modalities.mri.fourier import ifft2c
 from sciprior.modalities.mri.masks import calibration_shape
 from sciprior.modalities.mri.operator import MultiCoilMRI, as_mask_2d
-from sciprior.modalities.noise import Gaussian, Problem
-from sciprior.solvers.linalg import conjugate_gradient
+from sciprior.physics.noise import Gaussian
+from sciprior.physics.problem import Problem
 
 
 def check_kspace(kspace: Tensor, mask: Tensor | None = None, who: str = "kspace") -> Tensor:
