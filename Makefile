@@ -10,6 +10,7 @@ setup:
 
 test: setup
 	$(VENV)/bin/ruff check sciprior tests benchmarks scripts
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 test-slow: setup
@@ -17,6 +18,7 @@ test-slow: setup
 
 lint: setup
 	$(VENV)/bin/ruff check sciprior tests benchmarks scripts
+	$(VENV)/bin/lint-imports
 
 demo: setup
 	$(VENV)/bin/sciprior reconstruct configs/ct/sparse_view.yaml
@@ -32,13 +34,13 @@ setup-bench:
 	.venv-bench/bin/python -m pip install -q -e ".[bench]"
 
 # the shipped demo priors, from scratch, one after the other on 2 threads each (measured on 2 idle cores:
-# MRI 50 min, CT about 50 min); then install them into sciprior/assets/priors and regenerate docs/priors.md
+# MRI 50 min, CT about 50 min); then install them into sciprior/modalities/<name>/prior and regenerate docs/priors.md
 # with `make bench-priors`
 train-priors: setup
 	OMP_NUM_THREADS=2 $(VENV)/bin/sciprior train configs/ct/train.yaml --export.dirpath runs/ct_prior/export
 	OMP_NUM_THREADS=2 $(VENV)/bin/sciprior train configs/mri/train.yaml --export.dirpath runs/mri_prior/export
 	for m in ct mri; do cp runs/$$m''_prior/export/config.yaml runs/$$m''_prior/export/model.safetensors \
-		sciprior/assets/priors/$$m/; done
+		sciprior/modalities/$$m/prior/; done
 
 bench-priors: setup
 	OMP_NUM_THREADS=1 $(PY) benchmarks/prior_quality.py --prior all --out docs

@@ -61,7 +61,6 @@ from sciprior.priors.checkpoint import load_checkpoint, read_config  # noqa: E40
 from sciprior.priors.edm import EDMDenoiser  # noqa: E402
 from sciprior.priors.networks import count_parameters  # noqa: E402
 from sciprior.priors.wrappers import PatchPrior  # noqa: E402
-from sciprior.training.cli import legacy_data_section  # noqa: E402
 
 #: the shipped priors, in the order of the doc
 PRIOR_NAMES: tuple[str, ...] = ("ct", "mri")
@@ -143,7 +142,7 @@ def current_section(section: dict[str, Any]) -> dict[str, Any]:
     ``init_args`` spelling (the shipped priors' stored configs) is translated; configs never name code."""
     if "class_path" not in section:
         return dict(section)
-    new = legacy_data_section(section)
+    new = modalities.from_legacy_data_section(section)
     if new is None:
         raise ValueError(f"data.class_path: {section['class_path']!r} is no data module the modalities recognise")
     return new

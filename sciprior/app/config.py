@@ -3,13 +3,11 @@
 Config schema (YAML; every key is also a ``--key value`` command-line override)::
 
     modality:                      # a registered modality (sciprior.modalities.names()) and its adapter's settings
-      name: ct
-      n_views: 60
-      i0: 1.0e5
-      image_size: 256
-    input: sample:head_ct          # a file, a DICOM directory, or sample:NAME (samples of any modality)
+      name: NAME
+      image_size: 256              # ... the keyword arguments of that modality's adapter
+    input: sample:SAMPLE           # a file, a DICOM directory, or sample:NAME (samples of any modality)
     prior:                         # PriorSpec
-      checkpoint: builtin:ct       # checkpoint directory / .safetensors, or builtin:NAME (the modality's shipped prior)
+      checkpoint: builtin:NAME     # checkpoint directory / .safetensors, or builtin:NAME (the modality's shipped prior)
       wrap: auto                   # auto | full | patch | slice
       roi: null                    # patch size for wrap=patch (default: the prior's image size)
       overlap: 0.25
@@ -20,7 +18,7 @@ Config schema (YAML; every key is also a ``--key value`` command-line override):
     num_samples: 1                 # posterior samples (std map with > 1)
     seed: 0
     device: auto                   # auto | cpu | cuda | cuda:1 ...
-    output_dir: outputs/ct_sparse_view
+    output_dir: outputs/run
     progress: true
 
 The ``modality`` and ``solver`` sections work the same way: ``name`` picks a registered thing, the other keys
@@ -28,8 +26,8 @@ are checked against its signature (the adapter's ``__init__``, the solver functi
 ``denoiser``, ``problem``, ``num_samples``, ``seeds``, ``callback`` and ``progress``, which the runner sets).
 Unknown or misspelt keys, wrong types, out-of-range values, missing input or checkpoint files, and a prior
 whose channels, size or training data do not fit the modality fail with a message that names the key and the
-file. Configs never name code: the earlier spelling ``modality: {class_path: CTAdapter, init_args: {...}}`` is
-still read for the class paths the modalities declare (with a note giving the new spelling); any other
+file. Configs never name code: the earlier spelling ``modality: {class_path: ..., init_args: {...}}`` is still
+read for the class paths the modalities declare (with a note giving the new spelling); any other
 ``class_path`` is refused without importing anything.
 """
 
@@ -75,7 +73,7 @@ class PriorSpec(CoverSpec):
     Args:
         checkpoint: checkpoint directory (or ``.safetensors`` file) written by
             :func:`sciprior.priors.checkpoint.save_checkpoint`, or ``builtin:NAME`` for the prior a modality ships
-            (``builtin:ct``, ``builtin:mri``). ``None`` only for the classical solvers (``adjoint``, ``cgls``, ``tv``).
+            (``builtin:NAME``). ``None`` only for the classical solvers (``adjoint``, ``cgls``, ``tv``).
         wrap: ``full`` (the prior sees the whole image; sizes must match), ``patch`` (sliding windows of
             ``roi``, blended), ``slice`` (a 2D prior on every slice of a 3D stack; inner windows if the
             slice size differs from the prior's), or ``auto`` (full when the sizes match, else patch;
@@ -205,7 +203,7 @@ def translate_legacy_argv(argv: Sequence[str]) -> list[str]:
             next(it, None)
         elif a.startswith(f"--{SECTION}.class_path="):
             out.append(f"--{SECTION}.name=" + _modality_from_class_path(a.split("=", 1)[1]))
-        elif a == f"--{SECTION}" and i + 1 < len(argv) and not argv[i + 1].startswith("-"):  # --modality CTAdapter
+        elif a == f"--{SECTION}" and i + 1 < len(argv) and not argv[i + 1].startswith("-"):  # --modality OldAdapter
             out += [f"--{SECTION}.name", _modality_from_class_path(argv[i + 1])]
             next(it, None)
         else:

@@ -9,19 +9,21 @@ in the modality's format -> ``report.json`` and ``report.png`` (:mod:`sciprior.a
 From Python::
 
     from sciprior.app import reconstruct
-    out = reconstruct("configs/ct/sparse_view.yaml",
-                      overrides={"solver.steps": 20, "output_dir": "out/ct", "device": "cpu"})
-    out.result.mean            # (1, 1, H, W) reconstruction in the prior's domain
-    out.physical               # the same in HU
+    out = reconstruct("configs/NAME/CONFIG.yaml",
+                      overrides={"solver.steps": 20, "output_dir": "out/run", "device": "cpu"})
+    out.result.mean            # (1, C, H, W) reconstruction in the prior's domain
+    out.physical               # the same in the modality's physical units
     out.report["metrics"]      # PSNR / SSIM / NMSE against the reference (simulated inputs)
 
 or with the objects themselves (``output_dir=None`` writes nothing and only returns the results)::
 
+    from sciprior import modalities
     from sciprior.app.reconstruct import PriorSpec, run_reconstruction
-    from sciprior.modalities.ct import CTAdapter
-    out = run_reconstruction(CTAdapter(n_views=60, image_size=128), "sample:head_ct",
-                             prior=PriorSpec(checkpoint="builtin:ct"), solver="dds",
+    adapter = modalities.get("NAME").adapter(image_size=128)
+    out = run_reconstruction(adapter, "sample:SAMPLE", prior=PriorSpec(checkpoint="builtin:NAME"), solver="dds",
                              solver_settings={"steps": 50}, output_dir=None)
+
+(the README shows the calls with the shipped modalities).
 """
 
 from __future__ import annotations

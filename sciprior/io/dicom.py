@@ -1,7 +1,7 @@
 """DICOM images and series (pydicom): pixel values through the modality LUT, padding, and geometry.
 
-Generic over modalities (what is CT-specific, Hounsfield units and the air floor, lives in
-:mod:`sciprior.modalities.ct.io`):
+Generic over modalities (what is specific to one, e.g. Hounsfield units and the air floor of CT, lives in that
+modality's package):
 
 - :func:`read_dicom_image`: one single-frame greyscale image -> ``stored * RescaleSlope + RescaleIntercept``
   (float64), the pixels flagged as padding (``PixelPaddingValue`` / ``PixelPaddingRangeLimit``), pixel

@@ -157,5 +157,27 @@ def trained_reader(data: Mapping[str, Any] | None) -> TrainedReader | None:
     return None
 
 
-__all__ = ["ENTRY_POINT_GROUP", "Modality", "TrainedReader", "from_class_path", "get", "names", "sample_table",
-           "trained_reader"]
+def from_legacy_data_section(section: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The current ``data`` section of an earlier version's training config
+    (``data: {class_path: ...<DataModule>, init_args: {...}}``): ``{modality, reader: {name, ...}, ...}`` from the
+    reader that recognises it (its ``legacy_data_module``, ``legacy_args`` and ``from_legacy``), or None. Nothing
+    named by ``class_path`` is imported."""
+    if not isinstance(section, Mapping) or "class_path" not in section:
+        return None
+    module = str(section["class_path"]).rsplit(".", 1)[-1]
+    args = dict(section.get("init_args") or {})
+    for name in names():
+        mod = get(name)
+        for key, cls in mod.readers.items():
+            if getattr(cls, "legacy_data_module", None) != module:
+                continue
+            old = {k: args[k] for k in cls.legacy_args if k in args}
+            new = cls.from_legacy(cls.legacy_reader, old)
+            if new is not None:
+                rest = {k: v for k, v in args.items() if k not in cls.legacy_args}
+                return {"modality": name, "reader": {"name": key, **new}, **rest}
+    return None
+
+
+__all__ = ["ENTRY_POINT_GROUP", "Modality", "TrainedReader", "from_class_path", "from_legacy_data_section", "get",
+           "names", "sample_table", "trained_reader"]

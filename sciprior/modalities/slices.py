@@ -45,6 +45,12 @@ class SliceReader:
 
     #: value (prior units) that pads examples to an aspect ratio or a patch: the background
     pad_value: ClassVar[float] = -1.0
+    #: the earlier spelling of training configs these readers translate (:meth:`from_legacy`): the data module, its
+    #: reader class and the data-module arguments that were the reader's
+    legacy_data_module: ClassVar[str] = "SliceDataModule"
+    legacy_reader: ClassVar[str] = "SliceReader"
+    legacy_args: ClassVar[tuple[str, ...]] = ("intensity", "window", "percentiles", "clip", "axcodes", "slice_axis",
+                                              "image_reader", "pixel_spacing")
 
     def __post_init__(self) -> None:
         if self.slice_axis not in (0, 1, 2):

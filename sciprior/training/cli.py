@@ -7,11 +7,11 @@ The config has the sections ``model`` (:class:`~sciprior.training.module.EDMPrio
 ``seed_everything``. Typed signatures are the schema (jsonargparse): an unknown or misspelt key fails at
 once, naming it. Examples::
 
-    sciprior train configs/mri/train.yaml
-    sciprior train configs/mri/train.yaml --print_config            # the resolved config
-    sciprior train configs/mri/train.yaml --trainer.max_epochs 2 --data.batch_size 8
-    sciprior train configs/mri/train.yaml --ckpt_path last          # resume (exact at epoch boundaries)
-    sciprior train validate --config configs/mri/train.yaml --ckpt_path ...   # other LightningCLI subcommands
+    sciprior train configs/NAME/train.yaml
+    sciprior train configs/NAME/train.yaml --print_config            # the resolved config
+    sciprior train configs/NAME/train.yaml --trainer.max_epochs 2 --data.batch_size 8
+    sciprior train configs/NAME/train.yaml --ckpt_path last          # resume (exact at epoch boundaries)
+    sciprior train validate --config configs/NAME/train.yaml --ckpt_path ...   # other LightningCLI subcommands
 
 Defaults that differ from Lightning's: ``trainer.precision`` is ``bf16-mixed`` on a CUDA device that
 supports bfloat16 or a CPU with native bfloat16 (AVX512-BF16, AMX) and ``32-true`` otherwise;
@@ -108,32 +108,6 @@ def make_cli(argv: list[str], run: bool = True, **kwargs: Any) -> TrainCLI:
     return TrainCLI(**options)
 
 
-def legacy_data_section(section: Any) -> dict[str, Any] | None:
-    """The current spelling of an earlier version's ``data: {class_path: ...DataModule, init_args: {...}}``
-    (``data: {modality: ..., reader: {...}, ...}``), or None when ``section`` is not that spelling or names no
-    data module the modalities' readers recognise."""
-    if not isinstance(section, dict) or "class_path" not in section:
-        return None
-    args = dict(section.get("init_args") or {})
-    cls = str(section["class_path"]).rsplit(".", 1)[-1]
-    reader_keys = {"SliceDataModule": ("intensity", "window", "percentiles", "clip", "axcodes", "slice_axis",
-                                       "image_reader", "pixel_spacing"),
-                   "FastMRIDataModule": ("output", "crop", "scale_percentile", "acs_lines"),
-                   "HyperspectralDataModule": ("key", "band_axis", "bands", "intensity", "percentiles"),
-                   "FieldDataModule": ("variables", "levels", "level_dim", "time_dim", "std_scale", "fill_nan")}
-    readers = {"SliceDataModule": "SliceReader", "FastMRIDataModule": "FastMRIReader",
-               "HyperspectralDataModule": "CubeReader", "FieldDataModule": "FieldReader"}
-    if cls not in readers:
-        return None
-    old = {k: args.pop(k) for k in reader_keys[cls] if k in args}
-    if cls == "SliceDataModule":
-        old.setdefault("intensity", "percentile")
-    trained = modalities.trained_reader({"reader": readers[cls], "reader_args": old})
-    if trained is None:
-        return None
-    return {"modality": trained.modality, "reader": {"name": trained.reader, **trained.args}, **args}
-
-
 def check_config_spelling(argv: list[str]) -> None:
     """Refuse a training config in the earlier ``data: {class_path, init_args}`` spelling, printing the new one."""
     for i, a in enumerate(argv[:-1]):
@@ -145,7 +119,7 @@ def check_config_spelling(argv: list[str]) -> None:
             continue  # LightningCLI reports it
         section = data.get("data") if isinstance(data, dict) else None
         if isinstance(section, dict) and "class_path" in section:
-            new = legacy_data_section(section)
+            new = modalities.from_legacy_data_section(section)
             hint = (yaml.safe_dump({"data": new}, sort_keys=False) if new is not None else
                     "data:\n  modality: <one of " + ", ".join(modalities.names()) + ">\n  reader: {name: ..., ...}\n")
             raise SystemExit(f"sciprior train: {argv[i + 1]}: data.class_path/init_args is the old spelling (configs "

@@ -1,5 +1,6 @@
-"""The shipped demo priors (``sciprior/assets/priors/{ct,mri}``): they rebuild from safetensors + YAML with no
-pickled code, and they denoise real held-out images better than the identity.
+"""The shipped demo priors (``sciprior/modalities/{ct,mri}/prior``): they rebuild from safetensors + YAML with no
+pickled code, their training configs still describe how they were trained, and they denoise real held-out images
+better than the identity.
 
 The held-out set is the training run's validation split, rebuilt by ``benchmarks/prior_quality.py`` from the
 training config stored in the checkpoint (CT: 693_UNCR.dcm, the head slice of the CT demos; MRI: MNI152
@@ -26,7 +27,8 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks import prior_quality as pq  # noqa: E402
-from sciprior.priors.checkpoint import CONFIG, FORMAT, WEIGHTS, load_checkpoint  # noqa: E402
+from sciprior import modalities  # noqa: E402
+from sciprior.priors.checkpoint import CONFIG, FORMAT, WEIGHTS, load_checkpoint, read_config  # noqa: E402
 from sciprior.priors.edm import EDMDenoiser  # noqa: E402
 
 #: noise levels checked (prior units, the [-1, 1] image domain): the doc's whole fixed list
@@ -115,3 +117,21 @@ def test_nearest_training_example_finds_exact_copies_and_reports_rms() -> None:
     assert (idx != torch.arange(len(pool))).all()
     assert idx[3].item() == 12 and idx[12].item() == 3
     assert rms[3].item() == pytest.approx(0.01, rel=1e-4)
+
+
+@pytest.mark.parametrize("name", pq.PRIOR_NAMES)
+def test_the_training_config_still_builds_the_data_the_shipped_prior_was_trained_on(name: str) -> None:
+    """The shipped checkpoints record their training config in the earlier spelling (``data: {class_path,
+    init_args}``, reader class + arguments). Translated, it builds the same data module as today's
+    ``configs/<name>/train.yaml``: same modality, reader and settings, sizes, training and validation files."""
+    cfg = read_config(shipped(name))
+    stored = cfg["metadata"]["train_config"]["data"]
+    assert "class_path" in stored  # the earlier spelling, kept unchanged in the shipped file
+    current = yaml.safe_load((Path(pq.ROOT) / "configs" / name / "train.yaml").read_text())["data"]
+    assert modalities.from_legacy_data_section(stored)["modality"] == current["modality"] == name
+    old, new = pq.build_data_module(stored).domain(), pq.build_data_module(current).domain()
+    assert old == new
+    trained = modalities.trained_reader(cfg["metadata"]["data"])  # the checkpoint's record of its reader
+    assert (trained.modality, trained.reader) == (name, new["reader"]["name"])
+    assert trained.args == {k: v for k, v in new["reader"].items() if k != "name"}
+

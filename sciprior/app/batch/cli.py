@@ -106,7 +106,7 @@ def run_batch_config(cfg: BatchConfig) -> BatchSummary:
         if target == "reconstruct":
             if "config" not in kw["process_kwargs"]:
                 raise ValueError("process_kwargs.config: `process_item: reconstruct` needs the path of a "
-                                 "reconstruction config (e.g. configs/ct/sparse_view.yaml)")
+                                 "reconstruction config (e.g. configs/<modality>/<task>.yaml)")
             first = resolve_inputs(kw["inputs"], kw["output_dir"], kw["base_seed"])
             if first:
                 load_process_item(PROCESS_ITEMS[target], {**kw["process_kwargs"], "first_input": first[0].path})

@@ -4,11 +4,11 @@ A batch config names a reconstruction config and optional overrides; every input
 reconstructed with it, into the item's scratch directory (committed atomically by the batch engine
 as ``<output_dir>/<name>/``), with the item's own seed and device::
 
-    inputs: data/ct/*.dcm
+    inputs: data/scans/*.dcm
     output_dir: outputs/ct_batch
     process_item: reconstruct              # the default; the only name a YAML config may use
     process_kwargs:
-      config: configs/ct/sparse_view.yaml  # any `sciprior reconstruct` config
+      config: configs/NAME/TASK.yaml       # any `sciprior reconstruct` config
       overrides: {solver.steps: 20}
     devices: 2
 """

@@ -33,6 +33,9 @@ class FieldReader:
     #: examples are padded with the mean (0 after standardisation); fields on a globe have a preferred orientation
     pad_value: ClassVar[float] = 0.0
     default_flips: ClassVar[bool] = False
+    legacy_data_module: ClassVar[str] = "FieldDataModule"
+    legacy_reader: ClassVar[str] = "FieldReader"
+    legacy_args: ClassVar[tuple[str, ...]] = ("variables", "levels", "level_dim", "time_dim", "std_scale", "fill_nan")
 
     def __post_init__(self) -> None:
         if not self.variables:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -26,6 +26,10 @@ class CubeReader:
     bands: list[int] | None = None
     intensity: Literal["percentile", "max", "none"] = "percentile"
     percentiles: tuple[float, float] = (0.5, 99.5)
+
+    legacy_data_module: ClassVar[str] = "HyperspectralDataModule"
+    legacy_reader: ClassVar[str] = "CubeReader"
+    legacy_args: ClassVar[tuple[str, ...]] = ("key", "band_axis", "bands", "intensity", "percentiles")
 
     def _load(self, path: str) -> np.ndarray:
         suffix = Path(path).suffix.lower()

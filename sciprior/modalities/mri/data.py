@@ -49,7 +49,7 @@ class MRSlices(SliceReader):
         """The settings of an earlier version's ``SliceReader(intensity="percentile" or "minmax", ...)``."""
         if reader != "SliceReader" or args.get("axcodes", "LPS") != "LPS":
             return None
-        if args.get("intensity") == "percentile":
+        if args.get("intensity", "percentile") == "percentile":  # the old reader's default
             p = list(args.get("percentiles", (0.5, 99.5)))
         elif args.get("intensity") == "minmax":
             p = [0.0, 100.0]
@@ -83,6 +83,9 @@ class KSpaceSlices:
 
     #: examples are padded with the complex background, 0
     pad_value: ClassVar[float] = 0.0
+    legacy_data_module: ClassVar[str] = "FastMRIDataModule"
+    legacy_reader: ClassVar[str] = "FastMRIReader"
+    legacy_args: ClassVar[tuple[str, ...]] = ("output", "crop", "scale_percentile", "acs_lines")
 
     def __post_init__(self) -> None:
         if self.output not in ("complex", "magnitude"):
