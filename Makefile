@@ -9,7 +9,7 @@ setup:
 	bash scripts/setup.sh
 
 test: setup
-	$(VENV)/bin/ruff check sciprior tests benchmarks scripts
+	$(VENV)/bin/ruff check sciprior tests benchmarks scripts docs/examples
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
@@ -17,7 +17,7 @@ test-slow: setup
 	$(PY) -m pytest -m slow
 
 lint: setup
-	$(VENV)/bin/ruff check sciprior tests benchmarks scripts
+	$(VENV)/bin/ruff check sciprior tests benchmarks scripts docs/examples
 	$(VENV)/bin/lint-imports
 
 demo: setup

@@ -4,7 +4,8 @@ kind of file each is (recognised by content, not by name).
 - :func:`resolve_input` (``sciprior reconstruct``): one input -> ``(kind, paths)``;
 - :func:`resolve_paths` (training sets): a path, glob, ``sample:NAME``, ``pkg:DIST/path`` or a list -> paths;
 - :func:`file_kind`: ``nifti`` (NIfTI-1/2, plain or gzipped), ``dicom``, ``hdf5`` (also MATLAB v7.3), ``npy``
-  (NumPy), ``netcdf`` (NetCDF-3; NetCDF-4 files are HDF5) from the first bytes of the file.
+  (NumPy), ``netcdf`` (NetCDF-3; NetCDF-4 files are HDF5), ``png``, ``jpeg``, ``tiff``, from the first bytes of
+  the file.
 
 Samples are named, never imported by path: the caller passes the table ``name -> function returning the
 path(s)`` (the modality registry builds it from every modality's bundled samples; the files ship inside
@@ -23,7 +24,7 @@ from pathlib import Path
 SampleTable = Mapping[str, Callable[[], "str | os.PathLike | Sequence[str | os.PathLike]"]]
 Samples = SampleTable | Callable[[], SampleTable] | None
 
-KINDS = ("nifti", "dicom", "hdf5", "npy", "netcdf")
+KINDS = ("nifti", "dicom", "hdf5", "npy", "netcdf", "png", "jpeg", "tiff")
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _HDF5_OFFSETS = (0, 512, 1024, 2048)
 
@@ -88,6 +89,12 @@ def sniff(path: str | os.PathLike) -> str | None:
         return "npy"
     if head[:4] in (b"CDF\x01", b"CDF\x02", b"CDF\x05"):
         return "netcdf"
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if head[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
     if head[128:132] == b"DICM":
         return "dicom"
     if head[:2] == b"\x1f\x8b":  # gzip: a .nii.gz is a gzipped header + data
@@ -110,7 +117,7 @@ def file_kind(paths: Sequence[Path], key: str = "input") -> str:
     kind = sniff(first)
     if kind is None:
         raise InputError(f"{key}: cannot tell what {str(first)!r} is: its content is none of NIfTI, DICOM, HDF5, "
-                         "NumPy .npy or NetCDF")
+                         "NumPy .npy, NetCDF, PNG, JPEG or TIFF")
     if len(paths) > 1 and kind != "dicom":
         raise InputError(f"{key}: expected one {kind} file, got {len(paths)} files")
     return kind

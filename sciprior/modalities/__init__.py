@@ -3,7 +3,7 @@
 Each built-in modality is a folder ``sciprior/modalities/<name>/`` whose ``__init__`` defines ``MODALITY``, a
 :class:`Modality`; :func:`names` lists the folders (nothing is imported) and :func:`get` imports only the one
 asked for. Third-party modalities join through the entry-point group ``sciprior.modalities`` (an installed
-package declares ``[project.entry-points."sciprior.modalities"] toy = "toy_pkg:MODALITY"``), see
+package declares ``[project.entry-points."sciprior.modalities"] mymodality = "my_package:MODALITY"``), see
 ``docs/adding_a_modality.md``. Configs name modalities and their readers by these names, never by import path.
 """
 
