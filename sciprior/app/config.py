@@ -39,123 +39,27 @@ import os
 import re
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from sciprior import modalities
-from sciprior.modalities.adapter import SECTION, ModalityAdapter
-from sciprior.priors.checkpoint import read_config
-from sciprior.priors.cover import CoverError, CoverKeys, CoverPlan, CoverSpec, plan_cover
-from sciprior.solvers import BASELINES, available_solvers, get_solver
-
-#: arguments of solver functions the runner sets itself (not part of the ``solver`` config section)
-RUNNER_ARGS = frozenset({"denoiser", "denoiser2d", "problem", "num_samples", "seeds", "callback", "progress", "x0"})
-DEFAULT_SOLVER = "dds"
-
-
-class ConfigError(ValueError):
-    """An invalid reconstruction config; the message names the key (and file) at fault."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Typed sections
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class PriorSpec(CoverSpec):
-    """Which prior, and how it covers the image.
-
-    Args:
-        checkpoint: checkpoint directory (or ``.safetensors`` file) written by
-            :func:`sciprior.priors.checkpoint.save_checkpoint`, or ``builtin:NAME`` for the prior a modality ships
-            (``builtin:NAME``). ``None`` only for the classical solvers (``adjoint``, ``cgls``, ``tv``).
-        wrap: ``full`` (the prior sees the whole image; sizes must match), ``patch`` (sliding windows of
-            ``roi``, blended), ``slice`` (a 2D prior on every slice of a 3D stack; inner windows if the
-            slice size differs from the prior's), or ``auto`` (full when the sizes match, else patch;
-            slice-wise for stacks).
-        roi: window size for patch-wise priors (default: the prior's training image size).
-        overlap: fraction of overlap of neighbouring windows, in [0, 1).
-        sw_batch_size: windows per network call.
-        blend: ``gaussian`` or ``constant`` weighting of overlapping windows.
-        slice_chunk: 2D slices per network call for slice-wise priors.
-    """
-
-    checkpoint: str | None = None
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.overlap < 1:
-            raise ConfigError(f"prior.overlap must be in [0, 1), got {self.overlap}")
-        if self.sw_batch_size < 1 or self.slice_chunk < 1:
-            raise ConfigError("prior.sw_batch_size and prior.slice_chunk must be >= 1")
-        if self.roi is not None:
-            self.roi = tuple(int(r) for r in self.roi)
-            if min(self.roi) < 1:
-                raise ConfigError(f"prior.roi must be positive, got {self.roi}")
-
-
-@dataclass
-class Job:
-    """A validated reconstruction: everything is checked, nothing computed yet."""
-
-    modality: ModalityAdapter
-    input: str
-    prior: PriorSpec
-    solver: str
-    solver_settings: dict[str, Any]
-    num_samples: int = 1
-    seed: int = 0
-    device: str = "auto"
-    output_dir: str | None = None
-    progress: bool = True
-    baseline: bool = True
-    report: bool = True
-    plan: CoverPlan | None = None
-    config: dict[str, Any] = field(default_factory=dict)
-
-
-# ---------------------------------------------------------------------------------------------
-# Registered things: solvers and modalities
-# ---------------------------------------------------------------------------------------------
-
-
-def solver_function(name: str):
-    try:
-        return get_solver(name)
-    except KeyError:
-        raise ConfigError(f"solver.name: unknown solver {name!r}; choose from "
-                          f"{', '.join(available_solvers())}") from None
-
-
-def is_classical(name: str) -> bool:
-    return name in BASELINES
-
-
-def solver_keys(name: str) -> list[str]:
-    """The config keys the ``solver`` section accepts for solver ``name`` (besides ``name``)."""
-    return [p for p in inspect.signature(solver_function(name)).parameters if p not in RUNNER_ARGS]
-
-
-def adapter_class(name: str) -> type[ModalityAdapter]:
-    """The adapter class of modality ``name``; ConfigError naming ``modality.name`` if there is none."""
-    try:
-        cls = modalities.get(name).adapter
-    except (KeyError, TypeError, ValueError) as e:
-        raise ConfigError(f"{SECTION}.name: {e.args[0] if e.args else e}") from None
-    if cls is None:
-        with_adapter = [n for n in modalities.names() if modalities.get(n).adapter is not None]
-        raise ConfigError(f"{SECTION}.name: the {name} modality has no reconstruction adapter yet (it provides "
-                          f"training data only); modalities that reconstruct: {', '.join(with_adapter)}")
-    return cls
-
-
-def adapter_keys(name: str) -> list[str]:
-    return [p for p in inspect.signature(adapter_class(name).__init__).parameters if p != "self"]
-
+from sciprior.app.job import (
+    DEFAULT_SOLVER,
+    RUNNER_ARGS,
+    ConfigError,
+    Job,
+    PriorSpec,
+    adapter_class,
+    adapter_keys,
+    is_classical,
+    make_adapter,
+    solver_function,
+    solver_keys,
+)
+from sciprior.app.validate import resolve_checkpoint, resolve_device, validate
+from sciprior.modalities.adapter import SECTION
 
 # ---------------------------------------------------------------------------------------------
 # The old spelling of the modality section (read, never imported)
@@ -433,19 +337,6 @@ def _job_from_namespace(parser, ns, modality: str, solver: str) -> Job:
     return job
 
 
-def make_adapter(modality: str, kwargs: Mapping[str, Any]) -> ModalityAdapter:
-    """The adapter of ``modality`` built from its settings; its own checks become ConfigErrors naming the key."""
-    cls = adapter_class(modality)
-    try:
-        return cls(**kwargs)
-    except (ValueError, TypeError) as e:
-        msg = str(e)
-        first = re.split(r"[\s=:.\[]", msg, maxsplit=1)[0]
-        if first in adapter_keys(modality):
-            raise ConfigError(f"{SECTION}.{msg}") from e
-        raise ConfigError(f"{SECTION} ({modality}): {msg}") from e
-
-
 def check_solver_settings(solver: str, settings: Mapping[str, Any]) -> dict[str, Any]:
     """Validate ``settings`` against the solver's signature (names and types), before any compute."""
     from jsonargparse import ArgumentParser
@@ -460,88 +351,6 @@ def check_solver_settings(solver: str, settings: Mapping[str, Any]) -> dict[str,
     return {k: v for k, v in vars(ns.solver).items() if k in settings}
 
 
-# ---------------------------------------------------------------------------------------------
-# Validation (headers only, no compute)
-# ---------------------------------------------------------------------------------------------
-
-
-def resolve_checkpoint(spec: str, key: str = "prior.checkpoint") -> Path:
-    """A checkpoint path from ``spec``: a directory / .safetensors file or ``builtin:NAME``."""
-    if spec.startswith("builtin:"):
-        name = spec[len("builtin:"):]
-        shipped = [n for n in modalities.names() if modalities.get(n).prior is not None]
-        if name not in shipped:
-            raise ConfigError(f"{key}: unknown builtin prior {spec!r}; choose from "
-                              f"{', '.join('builtin:' + n for n in shipped)}")
-        path = Path(modalities.get(name).prior)
-        if not (path / "model.safetensors").is_file():
-            raise ConfigError(f"{key}: prior {spec} not found at {path}; train it with "
-                              f"`sciprior train configs/{name}/train.yaml` (and export it there), or set "
-                              f"{key} to a checkpoint directory")
-        return path
-    path = Path(os.path.expanduser(spec))
-    if not path.exists():
-        raise ConfigError(f"{key}: no such checkpoint {str(path)!r}")
-    return path
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError) as e:
-        raise ConfigError(f"device: {device!r} is not a device (auto, cpu, cuda, cuda:N, mps)") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device: {device!r} requested but CUDA is not available (use auto or cpu)")
-    return dev
-
-
-def validate(job: Job) -> Job:
-    """Check the input, the checkpoint and their compatibility; fills ``job.plan``. No compute."""
-    adapter = job.modality
-    if not isinstance(adapter, ModalityAdapter) or type(adapter) is ModalityAdapter:
-        raise ConfigError(f"{SECTION}: expected a modality adapter, got {type(adapter).__name__}")
-    if job.num_samples < 1:
-        raise ConfigError(f"num_samples must be >= 1, got {job.num_samples}")
-    resolve_device(job.device)
-    solver_function(job.solver)
-    job.solver_settings = {**job.solver_settings}
-    try:
-        adapter.check_input(job.input, "input")
-    except (FileNotFoundError, ValueError) as e:
-        raise ConfigError(str(e)) from e
-    path = cfg = None
-    if job.prior.checkpoint is None:
-        if not is_classical(job.solver):
-            raise ConfigError(f"prior.checkpoint: solver {job.solver!r} needs a prior checkpoint (a directory or "
-                              f"builtin:NAME); only {', '.join(sorted(BASELINES))} run without one")
-    else:
-        path = resolve_checkpoint(job.prior.checkpoint)
-        try:
-            cfg = read_config(path)
-        except (FileNotFoundError, ValueError) as e:
-            raise ConfigError(f"prior.checkpoint: {e}") from e
-    try:
-        shape = tuple(adapter.image_shape(job.input))
-    except (FileNotFoundError, ValueError, OSError) as e:
-        raise ConfigError(f"input: {e}") from e
-    keys = CoverKeys(channels=adapter.channels_key, image_size=f"{SECTION}.image_size", slices=f"{SECTION}.slices")
-    try:
-        job.plan = plan_cover(job.prior, path, cfg, shape, adapter.axes(shape), keys)
-    except CoverError as e:
-        raise ConfigError(str(e)) from e
-    if cfg is not None:
-        msg = adapter.check_trained_domain(modalities.trained_reader((cfg.get("metadata") or {}).get("data")))
-        if msg:
-            raise ConfigError(f"{msg} (prior.checkpoint {path})")
-    if job.output_dir is not None:
-        out = Path(job.output_dir)
-        if out.exists() and not out.is_dir():
-            raise ConfigError(f"output_dir: {str(out)!r} exists and is not a directory")
-    return job
-
-
 def help_parser(argv: Sequence[str]):
     """The parser for ``--help`` / ``--print_config``: the named modality's keys when one is named."""
     try:
@@ -554,4 +363,4 @@ def help_parser(argv: Sequence[str]):
 __all__ = ["ConfigError", "DEFAULT_SOLVER", "Job", "PriorSpec", "RUNNER_ARGS", "adapter_class", "build_parser",
            "check_solver_settings", "help_parser", "is_classical", "make_adapter", "parse_args", "parse_config",
            "resolve_checkpoint", "resolve_device", "solver_function", "solver_keys", "translate_legacy",
-           "validate"]
+           "translate_legacy_argv", "validate"]

@@ -308,7 +308,8 @@ class PriorDataModule(pl.LightningDataModule):
             keep_out = (self.holdout[0] - self.holdout_margin, self.holdout[1] + self.holdout_margin)
         return ObliqueSliceViews(
             base, self.train_items, self.reader.read, self.spatial_size, self.tilt, self.spin, keep_out,
-            self.foreground_level, self.repeats, **common, cache_dir=self.cache_dir if self.cache == "disk" else None,
+            self.foreground_level, cache_dir=self.cache_dir if self.cache == "disk" else None, repeats=self.repeats,
+            **common,
         )
 
     @property

@@ -248,19 +248,14 @@ class ObliqueSliceViews(ExampleViews):
         spin: float,
         keep_out: tuple[int, int] | None,
         foreground_level: float,
-        repeats: int,
-        seed: int,
-        patch_size: tuple[int, int] | None,
-        flips: FlipMode,
-        rot90: bool,
-        pad_value: float,
-        affine: RandomAffine | None = None,
         cache_dir: str | os.PathLike | None = None,
+        **views: Any,
     ):
+        """``views``: the arguments of :class:`ExampleViews` but ``base`` and ``train`` (repeats, seed, ...)."""
         if len(base) != len(items):
             raise ValueError(f"ObliqueSliceViews: {len(base)} stored examples for {len(items)} items")
         self.cache_dir = Path(cache_dir) / "oblique" if cache_dir is not None else None
-        super().__init__(base, repeats, True, seed, patch_size, flips, rot90, pad_value, affine)
+        super().__init__(base, train=True, **views)
         self.items, self.read = items, read
         self.spatial_size = tuple(spatial_size) if spatial_size is not None else None
         self.tilt, self.spin, self.keep_out = float(tilt), float(spin), keep_out

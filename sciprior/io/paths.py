@@ -83,6 +83,8 @@ def sniff(path: str | os.PathLike) -> str | None:
     """The kind of one regular file from its content (:data:`KINDS`), or None when it is none of them."""
     path = Path(path)
     head = _head(path)
+    if head[128:132] == b"DICM":  # first: a DICOM preamble may itself hold a TIFF header (dual-format files)
+        return "dicom"
     if any(head[o:o + 8] == _HDF5_SIGNATURE for o in _HDF5_OFFSETS):
         return "hdf5"
     if head[:6] == b"\x93NUMPY":
@@ -95,8 +97,6 @@ def sniff(path: str | os.PathLike) -> str | None:
         return "jpeg"
     if head[:4] in (b"II*\x00", b"MM\x00*"):
         return "tiff"
-    if head[128:132] == b"DICM":
-        return "dicom"
     if head[:2] == b"\x1f\x8b":  # gzip: a .nii.gz is a gzipped header + data
         try:
             with gzip.open(path, "rb") as f:

@@ -43,6 +43,11 @@ class Denoiser(nn.Module):
     def forward(self, x: Tensor, sigma: float | Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def set_range(self, sigma_data: float, sigma_min: float, sigma_max: float, image_shape=None) -> None:
+        """Set the data scale, the trained noise range and the expected image shape (None: any)."""
+        self.sigma_data, self.sigma_min, self.sigma_max = float(sigma_data), float(sigma_min), float(sigma_max)
+        self.image_shape = tuple(int(s) for s in image_shape) if image_shape is not None else None
+
     def score(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         """``grad log p_sigma(x) = (D(x, sigma) - x) / sigma^2``."""
         s = bcast(sigma_batch(sigma, x), x)
@@ -56,10 +61,7 @@ class CountingDenoiser(Denoiser):
         super().__init__()
         self.inner = inner
         self.nfe = 0
-        self.sigma_data = inner.sigma_data
-        self.sigma_min = inner.sigma_min
-        self.sigma_max = inner.sigma_max
-        self.image_shape = inner.image_shape
+        self.set_range(inner.sigma_data, inner.sigma_min, inner.sigma_max, inner.image_shape)
 
     def forward(self, x, sigma):
         self.nfe += 1

@@ -71,10 +71,7 @@ class EDMDenoiser(Denoiser):
         if P_std <= 0:
             raise ValueError(f"EDMDenoiser: P_std must be > 0, got {P_std}")
         self.net = net
-        self.sigma_data = float(sigma_data)
-        self.sigma_min = float(sigma_min)
-        self.sigma_max = float(sigma_max)
-        self.image_shape = tuple(int(s) for s in image_shape) if image_shape is not None else None
+        self.set_range(sigma_data, sigma_min, sigma_max, image_shape)
         if self.image_shape is not None and len(self.image_shape) not in (3, 4):
             raise ValueError(f"EDMDenoiser: image_shape must be (C, H, W) or (C, D, H, W), "
                              f"got {self.image_shape}")

@@ -71,10 +71,7 @@ class EpsilonDenoiser(Denoiser):
         self.prediction_type = prediction_type
         self.timestep_mode = timestep_mode
         self.register_buffer("log_sigmas", 0.5 * (torch.log1p(-abar) - torch.log(abar)), persistent=False)
-        self.sigma_data = float(sigma_data)
-        self.sigma_min = float(self.log_sigmas[0].exp())
-        self.sigma_max = float(self.log_sigmas[-1].exp())
-        self.image_shape = tuple(int(s) for s in image_shape) if image_shape is not None else None
+        self.set_range(sigma_data, self.log_sigmas[0].exp(), self.log_sigmas[-1].exp(), image_shape)
 
     @property
     def sigma_table(self) -> Tensor:
@@ -139,10 +136,7 @@ class FlowDenoiser(Denoiser):
             raise ValueError(f"FlowDenoiser: time_scale must be > 0, got {time_scale}")
         self.net = net
         self.time_scale = float(time_scale)
-        self.sigma_data = float(sigma_data)
-        self.sigma_min = float(sigma_min)
-        self.sigma_max = float(sigma_max)
-        self.image_shape = tuple(int(s) for s in image_shape) if image_shape is not None else None
+        self.set_range(sigma_data, sigma_min, sigma_max, image_shape)
 
     @staticmethod
     def sigma_to_t(sigma: Tensor) -> Tensor:

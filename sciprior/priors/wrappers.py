@@ -48,10 +48,7 @@ class SliceWisePrior(Denoiser):
         self.inner = denoiser2d
         self.axis = axis % 5
         self.chunk_size = int(chunk_size)
-        self.sigma_data = denoiser2d.sigma_data
-        self.sigma_min = denoiser2d.sigma_min
-        self.sigma_max = denoiser2d.sigma_max
-        self.image_shape = tuple(image_shape) if image_shape is not None else None
+        self.set_range(denoiser2d.sigma_data, denoiser2d.sigma_min, denoiser2d.sigma_max, image_shape)
 
     def forward(self, x: Tensor, sigma: float | Tensor) -> Tensor:
         if x.dim() != 5:
@@ -115,10 +112,7 @@ class PatchPrior(Denoiser):
         self.mode = mode
         self.sigma_scale = float(sigma_scale)
         self.padding_mode = padding_mode
-        self.sigma_data = denoiser.sigma_data
-        self.sigma_min = denoiser.sigma_min
-        self.sigma_max = denoiser.sigma_max
-        self.image_shape = tuple(image_shape) if image_shape is not None else None
+        self.set_range(denoiser.sigma_data, denoiser.sigma_min, denoiser.sigma_max, image_shape)
 
     def _predict(self, window: Tensor, coords: list, sigma: Tensor) -> Tensor:
         # coords[i][0] = slice(b, b + 1): the batch item window i was cut from

@@ -8,16 +8,26 @@ through the network is needed, so it is cheap and works well with 20-50 NFE.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
+from torch import Tensor
 
 from sciprior.linalg import conjugate_gradient
 from sciprior.physics.noise import Gaussian
 from sciprior.physics.problem import Problem
 from sciprior.priors.base import Denoiser
 from sciprior.solvers._data import DataTerm
-from sciprior.solvers.common import Callback, Result, finish, prepare, prior_variance, sampling_sigmas, steps_bar
+from sciprior.solvers.common import (
+    Callback,
+    ItemNoise,
+    Result,
+    finish,
+    prepare,
+    prior_variance,
+    sampling_sigmas,
+    steps_bar,
+)
 from sciprior.solvers.edm import ddim_step
 
 
@@ -65,22 +75,34 @@ def dds(denoiser: Denoiser, problem: Problem, *, steps: int = 50, eta: float = 0
     op = data.op
     with torch.no_grad():
         rhs0 = op.adjoint(prob.y) if noiseless else data.rhs()
-        x = float(sigmas[0]) * setup.noise.randn(*shape)
-        for i in steps_bar(steps, progress, "dds"):
-            s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-            x0 = den(x, s)
-            eps = (x - x0) / s
+
+        def data_step(x0: Tensor, s: float) -> Tensor:
             if noiseless:
-                x0c = conjugate_gradient(op.normal, rhs0, x0, iters=cg_iters)
-            else:
-                g = prior_variance(s, sd) if gamma is None else float(gamma)
-                x0c = conjugate_gradient(lambda u, g=g: u + g * data.normal(u), x0 + g * rhs0, x0,
-                                         iters=cg_iters)
-            c = eta * s_next
-            x = ddim_step(x0c, eps, s_next, c, setup.noise.randn(*shape) if c > 0 else None)
-            if callback is not None:
-                callback(i, x, x0c, s)
+                return conjugate_gradient(op.normal, rhs0, x0, iters=cg_iters)
+            g = prior_variance(s, sd) if gamma is None else float(gamma)
+            return conjugate_gradient(lambda u: u + g * data.normal(u), x0 + g * rhs0, x0, iters=cg_iters)
+
+        x = decomposed_sampling(den, setup.noise, shape, sigmas, eta, data_step, callback, progress, "dds")
     return finish(setup, x, sigmas=sigmas)
 
 
-__all__ = ["dds"]
+def decomposed_sampling(den: Denoiser, noise: ItemNoise, shape: tuple[int, ...], sigmas: Tensor, eta: float,
+                        data_step: Callable[[Tensor, float], Tensor], callback: Callback | None, progress: bool,
+                        desc: str) -> Tensor:
+    """The loop of DDS and DDS-3D: at each level ``sigma_i``, ``x0 = D(x, sigma_i)``, ``x0c = data_step(x0,
+    sigma_i)``, then the DDIM re-noising ``x_next = x0c + sigma_{i+1} (sqrt(1 - eta^2) eps + eta z)`` with
+    ``eps = (x - x0) / sigma_i``; the last step returns ``x0c``. Draws ``x`` at ``sigmas[0]`` from ``noise``."""
+    x = float(sigmas[0]) * noise.randn(*shape)
+    for i in steps_bar(len(sigmas) - 1, progress, desc):
+        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        x0 = den(x, s)
+        eps = (x - x0) / s
+        x0c = data_step(x0, s)
+        c = eta * s_next
+        x = ddim_step(x0c, eps, s_next, c, noise.randn(*shape) if c > 0 else None)
+        if callback is not None:
+            callback(i, x, x0c, s)
+    return x
+
+
+__all__ = ["dds", "decomposed_sampling"]

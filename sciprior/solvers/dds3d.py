@@ -25,9 +25,9 @@ from sciprior.physics.problem import Problem
 from sciprior.physics.stack import SliceStackOperator, from_slices, to_slices
 from sciprior.priors.base import Denoiser
 from sciprior.priors.wrappers import SliceWisePrior
-from sciprior.solvers._data import DataTerm, item_mean, require_linear
-from sciprior.solvers.common import Callback, Result, finish, prepare, prior_variance, sampling_sigmas, steps_bar
-from sciprior.solvers.edm import ddim_step
+from sciprior.solvers._data import DataTerm, item_mean
+from sciprior.solvers.common import Callback, Result, finish, prepare, prior_variance, sampling_sigmas
+from sciprior.solvers.dds import decomposed_sampling
 
 __all__ = ["dds_volume", "group_shrink"]
 
@@ -142,9 +142,9 @@ def dds_volume(denoiser2d: Denoiser, problem: Problem, *, steps: int = 50, chunk
 
     setup = prepare(prior, problem, num_samples, seeds)
     prob = setup.problem
-    op = require_linear(prob, who)
-    noiseless = isinstance(prob.noise, Gaussian) and prob.noise.sigma == 0
     data = DataTerm.linear(prob, who)
+    op = data.op
+    noiseless = isinstance(prob.noise, Gaussian) and prob.noise.sigma == 0
     if gamma is not None:
         data = data.normalized()
     sd = float(sigma_data if sigma_data is not None else den2d.sigma_data)
@@ -162,11 +162,9 @@ def dds_volume(denoiser2d: Denoiser, problem: Problem, *, steps: int = 50, chunk
         if coupled:
             z = torch.zeros_like(slice_diff(rhs0))
             u = torch.zeros_like(z)
-        x = float(sigmas[0]) * setup.noise.randn(*shape)
-        for i in steps_bar(steps, progress, "dds_volume"):
-            s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-            x0 = den(x, s)
-            eps = (x - x0) / s
+
+        def data_step(x0: Tensor, s: float) -> Tensor:
+            nonlocal z, u
             if noiseless:
                 g, tv_scale = None, 1.0
                 base = rhs0
@@ -182,26 +180,23 @@ def dds_volume(denoiser2d: Denoiser, problem: Problem, *, steps: int = 50, chunk
                 if slicewise:  # block-diagonal system: CG per slice, exactly 2D DDS
                     xs = conjugate_gradient(lambda vs: to_slices(data_apply(from_slices(vs, depth))),
                                             to_slices(base), to_slices(x0), iters=cg_iters)
-                    x0c = from_slices(xs, depth)
-                else:
-                    x0c = conjugate_gradient(data_apply, base, x0, iters=cg_iters)
-            else:
-                pen = tv_scale * admm_rho
+                    return from_slices(xs, depth)
+                return conjugate_gradient(data_apply, base, x0, iters=cg_iters)
+            pen = tv_scale * admm_rho
 
-                def apply(v: Tensor, pen=pen) -> Tensor:
-                    return data_apply(v) + pen * slice_diff_adjoint(slice_diff(v))
+            def apply(v: Tensor) -> Tensor:
+                return data_apply(v) + pen * slice_diff_adjoint(slice_diff(v))
 
-                x0c = x0
-                for _ in range(admm_iters):
-                    b = base + pen * slice_diff_adjoint(z - u)
-                    x0c = conjugate_gradient(apply, b, x0c, iters=cg_iters)
-                    dz = slice_diff(x0c)
-                    z = group_shrink(dz + u, tv_z / admm_rho)
-                    u = u + dz - z
-            c_noise = eta * s_next
-            x = ddim_step(x0c, eps, s_next, c_noise, setup.noise.randn(*shape) if c_noise > 0 else None)
-            if callback is not None:
-                callback(i, x, x0c, s)
+            x0c = x0
+            for _ in range(admm_iters):
+                b = base + pen * slice_diff_adjoint(z - u)
+                x0c = conjugate_gradient(apply, b, x0c, iters=cg_iters)
+                dz = slice_diff(x0c)
+                z = group_shrink(dz + u, tv_z / admm_rho)
+                u = u + dz - z
+            return x0c
+
+        x = decomposed_sampling(den, setup.noise, shape, sigmas, eta, data_step, callback, progress, "dds_volume")
         if coupled:
             residual = (slice_diff(x) - z).square().reshape(x.shape[0], -1).mean(dim=1).sqrt().cpu()
         else:

@@ -142,6 +142,9 @@ def test_input_kinds_are_recognised_by_content_not_by_name(tmp_path):
     assert kinds == {"a.nii.gz": "nifti", "renamed.data": "nifti", "plain.nii": "nifti", "k.bin": "hdf5",
                      "other.h5": "hdf5", "arr.npy": "npy"}
     assert resolve_input("sample:head_ct", samples=sample_table)[0] == "dicom"
+    from pydicom.data import get_testdata_file
+
+    assert resolve_input(get_testdata_file("CT_small.dcm", download=False))[0] == "dicom"  # TIFF header in its preamble
     # the MRI adapter reads HDF5 only with a kspace dataset (the fastMRI layout), whatever the name says
     MRIAdapter().check_input(str(tmp_path / "k.bin"))
     with pytest.raises(ValueError, match="other.h5.*HDF5 file without a 'kspace' dataset"):

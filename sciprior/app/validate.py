@@ -1,0 +1,95 @@
+"""Every check of a reconstruction job that needs no compute: input, checkpoint, prior cover, trained domain."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from sciprior import modalities
+from sciprior.app.job import ConfigError, Job, is_classical, solver_function
+from sciprior.modalities.adapter import SECTION, ModalityAdapter
+from sciprior.priors.checkpoint import read_config
+from sciprior.priors.cover import CoverError, CoverKeys, plan_cover
+from sciprior.solvers import BASELINES
+
+
+def resolve_checkpoint(spec: str, key: str = "prior.checkpoint") -> Path:
+    """A checkpoint path from ``spec``: a directory / .safetensors file or ``builtin:NAME``."""
+    if spec.startswith("builtin:"):
+        name = spec[len("builtin:"):]
+        shipped = [n for n in modalities.names() if modalities.get(n).prior is not None]
+        if name not in shipped:
+            raise ConfigError(f"{key}: unknown builtin prior {spec!r}; choose from "
+                              f"{', '.join('builtin:' + n for n in shipped)}")
+        path = Path(modalities.get(name).prior)
+        if not (path / "model.safetensors").is_file():
+            raise ConfigError(f"{key}: prior {spec} not found at {path}; train it with "
+                              f"`sciprior train configs/{name}/train.yaml` (and export it there), or set "
+                              f"{key} to a checkpoint directory")
+        return path
+    path = Path(os.path.expanduser(spec))
+    if not path.exists():
+        raise ConfigError(f"{key}: no such checkpoint {str(path)!r}")
+    return path
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise ConfigError(f"device: {device!r} is not a device (auto, cpu, cuda, cuda:N, mps)") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: {device!r} requested but CUDA is not available (use auto or cpu)")
+    return dev
+
+
+def validate(job: Job) -> Job:
+    """Check the input, the checkpoint and their compatibility; fills ``job.plan``. No compute."""
+    adapter = job.modality
+    if not isinstance(adapter, ModalityAdapter) or type(adapter) is ModalityAdapter:
+        raise ConfigError(f"{SECTION}: expected a modality adapter, got {type(adapter).__name__}")
+    if job.num_samples < 1:
+        raise ConfigError(f"num_samples must be >= 1, got {job.num_samples}")
+    resolve_device(job.device)
+    solver_function(job.solver)
+    job.solver_settings = {**job.solver_settings}
+    try:
+        adapter.check_input(job.input, "input")
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(str(e)) from e
+    path = cfg = None
+    if job.prior.checkpoint is None:
+        if not is_classical(job.solver):
+            raise ConfigError(f"prior.checkpoint: solver {job.solver!r} needs a prior checkpoint (a directory or "
+                              f"builtin:NAME); only {', '.join(sorted(BASELINES))} run without one")
+    else:
+        path = resolve_checkpoint(job.prior.checkpoint)
+        try:
+            cfg = read_config(path)
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"prior.checkpoint: {e}") from e
+    try:
+        shape = tuple(adapter.image_shape(job.input))
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise ConfigError(f"input: {e}") from e
+    keys = CoverKeys(channels=adapter.channels_key, image_size=f"{SECTION}.image_size", slices=f"{SECTION}.slices")
+    try:
+        job.plan = plan_cover(job.prior, path, cfg, shape, adapter.axes(shape), keys)
+    except CoverError as e:
+        raise ConfigError(str(e)) from e
+    if cfg is not None:
+        msg = adapter.check_trained_domain(modalities.trained_reader((cfg.get("metadata") or {}).get("data")))
+        if msg:
+            raise ConfigError(f"{msg} (prior.checkpoint {path})")
+    if job.output_dir is not None:
+        out = Path(job.output_dir)
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"output_dir: {str(out)!r} exists and is not a directory")
+    return job
+
+
+__all__ = ["resolve_checkpoint", "resolve_device", "validate"]
