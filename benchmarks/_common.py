@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,6 +121,17 @@ def machine_info() -> str:
     return (f"{cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
             f"{platform.system()} {platform.release()}, Python {platform.python_version()}, "
             f"torch {torch.__version__}")
+
+
+def table_path(out: str | Path | None, published: Path, quick: bool) -> Path:
+    """Where a benchmark writes its table: ``out`` when given, else the published table under docs/ for a full
+    run, and a scratch file (``<tmp>/sciprior-benchmarks/<name>``) for a ``--quick`` check, which must never
+    overwrite the published full table."""
+    if out is not None:
+        return Path(out)
+    if quick:
+        return Path(tempfile.gettempdir()) / "sciprior-benchmarks" / published.name
+    return published
 
 
 def write_atomic(path: str | Path, text: str) -> Path:

@@ -29,7 +29,7 @@ operator, prior weights and ``sigma_y``, which one ``Problem`` cannot hold).
 Run (writes docs/benchmarks/gmm_posterior.md; deepinv is only in the benchmark venv):
 
     .venv-bench/bin/python benchmarks/gmm_posterior.py --threads 1   # full protocol, with deepinv
-    .venv/bin/python benchmarks/gmm_posterior.py --quick --out /tmp/gmm.md
+    .venv/bin/python benchmarks/gmm_posterior.py --quick     # writes a scratch file, never the published table
 
 Cost with one thread: ``--quick`` about 10 s of CPU time; the full protocol about 25 minutes of CPU time,
 three quarters of it in the d_x = 800 cells (wall time grows with the machine's load). ``--threads 1``
@@ -63,6 +63,7 @@ from benchmarks._common import (  # noqa: E402
     random_directions,
     sliced_wasserstein_sorted,
     sorted_projections,
+    table_path,
     write_atomic,
 )
 from sciprior.priors.base import CountingDenoiser, Denoiser  # noqa: E402
@@ -482,7 +483,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="d_x in {8, 80}, d_y in {1, 2}, 5 problems, "
                                                           "200 samples, budget 20 (seconds)")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown table to write (atomically)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="markdown table to write (atomically); default docs/benchmarks/gmm_posterior.md, with --quick "
+                         "a scratch file (a quick check never overwrites the published table)")
     ap.add_argument("--solvers", nargs="*", default=None, help="subset of sciprior solvers")
     ap.add_argument("--no-deepinv", action="store_true", help="skip deepinv's DPS")
     ap.add_argument("--sigma-y", type=float, default=None, help="fixed noise std instead of u * max(s)")
@@ -498,6 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (default: torch's; 1 is faster on a shared, busy machine)")
     args = ap.parse_args(argv)
+    args.out = table_path(args.out, DEFAULT_OUT, args.quick)
     keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -84,7 +84,7 @@ from torch import Tensor
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks._common` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._common import machine_info, mean_std, write_atomic  # noqa: E402
+from benchmarks._common import machine_info, mean_std, table_path, write_atomic  # noqa: E402
 from sciprior.modalities.adapter import Context, ModalityAdapter  # noqa: E402
 from sciprior.physics.problem import Problem  # noqa: E402
 from sciprior.priors.base import CountingDenoiser, Denoiser  # noqa: E402
@@ -989,11 +989,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--render", type=Path, nargs="*", default=None,
                     help="only render the markdown from these JSON results (e.g. of parallel runs)")
     ap.add_argument("--note", nargs="*", default=[], help="extra notes for the markdown (with --render)")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown to write (atomically)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="markdown to write (atomically); default docs/benchmarks/reconstruction.md, with --quick a "
+                         "scratch file (a quick check never overwrites the published table or figures)")
     ap.add_argument("--no-write", action="store_true", help="do not write the markdown (JSON / figures only)")
     ap.add_argument("--no-figure", action="store_true",
                     help="do not write reconstruction_<task>.png (e.g. for a partial run of problem 0)")
     args = ap.parse_args(argv)
+    args.out = table_path(args.out, DEFAULT_OUT, args.quick)
     argv = sys.argv[1:] if argv is None else list(argv)
     command = " ".join(["python benchmarks/reconstruction.py", *(shlex.quote(a) for a in argv)])
     date = datetime.datetime.now().astimezone().isoformat(timespec="seconds")

@@ -20,7 +20,7 @@ depend on their values.
 Run (writes docs/benchmarks/volume_memory.md, a few minutes on one core):
 
     .venv/bin/python benchmarks/volume_memory.py
-    .venv/bin/python benchmarks/volume_memory.py --quick --out /tmp/volume_memory.md
+    .venv/bin/python benchmarks/volume_memory.py --quick     # writes a scratch file
 """
 
 from __future__ import annotations
@@ -296,8 +296,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="rebuild the report from --json files, no measurement")
     p.add_argument("--no-default-malloc", dest="default_malloc", action="store_false",
                    help="skip the second measurement of every configuration with glibc's default settings")
-    p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
-                                        / "volume_memory.md"))
+    p.add_argument("--out", default=None, help="markdown to write; default docs/benchmarks/volume_memory.md, with "
+                                                 "--quick a scratch file (never the published table)")
     args = p.parse_args(argv)
     if args.child:
         out = child(args.modality, args.depth, args.chunk, args.steps, args.device, args.op_chunk)
@@ -305,7 +305,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.depths, args.chunks, args.modalities = [4, 8], [1, 2], ["ct"]
-    from benchmarks._common import write_atomic
+    from benchmarks._common import table_path, write_atomic
+
+    args.out = table_path(args.out, Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "volume_memory.md",
+                          args.quick)
 
     if args.from_json:
         rows = [r for f in args.from_json for r in json.loads(Path(f).read_text())]

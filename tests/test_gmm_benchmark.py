@@ -184,3 +184,20 @@ def test_write_atomic(tmp_path):
     p = write_atomic(tmp_path / "sub" / "t.md", "hello\n")
     assert p.read_text() == "hello\n"
     assert [f.name for f in p.parent.iterdir()] == ["t.md"]  # no temporary left behind
+
+
+def test_a_quick_run_never_overwrites_the_published_table(tmp_path, monkeypatch):
+    from benchmarks import gmm_posterior
+    from benchmarks._common import table_path
+
+    published = gmm_posterior.DEFAULT_OUT
+    assert table_path(None, published, quick=False) == published
+    scratch = table_path(None, published, quick=True)
+    assert scratch.name == published.name and published.parent not in scratch.parents and scratch != published
+    assert table_path(tmp_path / "x.md", published, quick=True) == tmp_path / "x.md"  # --out wins
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # keep the scratch file inside this test's folder
+    before = published.read_bytes() if published.exists() else None
+    gmm_posterior.main(["--quick", "--no-deepinv", "--solvers", "smc", "--problems", "1", "--samples", "20",
+                        "--dims", "8", "--obs-dims", "1", "--budgets", "20"])
+    assert (tmp_path / "sciprior-benchmarks" / published.name).is_file()
+    assert (published.read_bytes() if published.exists() else None) == before
