@@ -1,4 +1,4 @@
-"""Quality of the shipped demo priors (``sciprior/assets/priors/{ct,mri}``): unconditional samples next to
+"""Quality of the shipped demo priors (``sciprior/modalities/{ct,mri}/prior``): unconditional samples next to
 real held-out images, and denoising of held-out real images against the identity.
 
 For each prior:
@@ -664,7 +664,7 @@ def render_markdown(results: list[dict[str, Any]], missing: Sequence[str]) -> st
             parts.append(f"| {r['name']} | {st['set']} | {st['rows'][0]['n']} | {'yes' if ok else '**no**'} | "
                          f"{min(gains):+.2f} .. {max(gains):+.2f} |")
     for name in missing:
-        parts.append(f"| {name} | not evaluated yet (no `sciprior/assets/priors/{name}` when last run: train it with "
+        parts.append(f"| {name} | not evaluated yet (no `sciprior/modalities/{name}/prior` when last run: train it with "
                      f"`sciprior train configs/{name}/train.yaml`, then rerun the command above) | | | |")
     parts.append("")
     parts += [render_section(r) for r in results]

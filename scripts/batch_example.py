@@ -13,7 +13,7 @@ that are already done; kill it half-way and it resumes.
     python scripts/batch_example.py --work /tmp/sciprior_batch_demo --devices 2  # 2 CPU processes, DDP/gloo
     python scripts/batch_example.py --work /tmp/demo --accelerator gpu --devices 4 --solver dps --steps 200
 
-The same run from a config (``sciprior batch CONFIG.yaml`` or ``python -m sciprior.batch CONFIG.yaml``)::
+The same run from a config (``sciprior batch CONFIG.yaml`` or ``python -m sciprior.app.batch CONFIG.yaml``)::
 
     inputs: /tmp/sciprior_batch_demo/inputs/*.npy
     output_dir: /tmp/sciprior_batch_demo/out

@@ -51,9 +51,9 @@ export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}
 echo "job ${SLURM_JOB_ID} (restart count ${SLURM_RESTART_COUNT:-0}) on ${SLURM_JOB_NUM_NODES} node(s):" \
      "$(scontrol show hostnames "${SLURM_JOB_NODELIST}" | paste -sd, -)"
 
-# `python -m sciprior.batch` is the engine's own entry point (the same as `sciprior batch CONFIG.yaml`);
+# `python -m sciprior.app.batch` is the engine's own entry point (the same as `sciprior batch CONFIG.yaml`);
 # settings after the config override it, e.g. --accelerator cpu, --base_seed 1, --overwrite true.
-srun --kill-on-bad-exit=1 "$PY" -m sciprior.batch "$CONFIG" \
+srun --kill-on-bad-exit=1 "$PY" -m sciprior.app.batch "$CONFIG" \
     --accelerator gpu \
     --devices "${SLURM_NTASKS_PER_NODE}" \
     --num_nodes "${SLURM_JOB_NUM_NODES}" \

@@ -14,7 +14,7 @@
 #   SLURMEnvironment(auto_requeue=True) (the default) catches it, saves an "hpc" checkpoint
 #   (hpc_ckpt_<n>.ckpt in the run's default_root_dir) and requeues the job (scontrol requeue). On
 #   restart Lightning loads that checkpoint automatically before any other, so the run continues: the
-#   data modules resume mid-epoch exactly (see sciprior/datasets/training_sets.py).
+#   data modules resume mid-epoch exactly (see sciprior/datasets/module.py).
 # - `--requeue` allows requeueing; `--open-mode=append` keeps the log of every restart in one file.
 # - Give the run a fixed default_root_dir (ROOT below) so the requeued job finds its checkpoint.
 #
