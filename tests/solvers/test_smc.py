@@ -217,7 +217,13 @@ def test_chunked_denoiser_calls_and_float32():
     kw = dict(steps=6, num_particles=20, num_samples=5, progress=False)
     a = smc(prior, problem, **kw)
     b = smc(prior, problem, particle_chunk=7, **kw)
-    assert torch.equal(a.samples, b.samples) and a.nfe == b.nfe == 6
+    assert a.nfe == b.nfe == 6
+    # Chunking changes the row count of the denoiser's matmuls, so BLAS may round differently (MKL on AVX-512
+    # does): equal up to rounding only. The Gaussian denoiser shrinks (coefficients <= 1) and resampling copies
+    # particles, so rounding does not grow over the 6 steps: measured |diff| <= 4e-15 (samples ~5) over chunk
+    # sizes 1..N-1, 4 problems, 6 and 30 steps, MKL_CBWR=COMPATIBLE/AVX512 and ATEN_CPU_CAPABILITY=default.
+    # A different resampling decision would move a sample by O(1) and still fail.
+    torch.testing.assert_close(b.samples, a.samples, rtol=1e-12, atol=1e-12)
     p32 = Problem(problem.operator.float(), problem.y.float(), problem.noise, problem.image_shape)
     c = smc(prior, p32, **kw)
     assert c.samples.dtype == torch.float32 and bool(torch.isfinite(c.samples).all())
