@@ -170,8 +170,18 @@ def _identical_slices_problem(seed: int, depth: int = 6, sigma: float = 0.1):
 def test_tv_z_coupling_pools_the_measurements_of_identical_slices():
     """Identical slices under different sparse masks: coupling the slices by TV-z lets each slice use
     the others' pixels. The error must drop well below the uncoupled one, to near the exact posterior
-    mean of the pooled problem (one slice measured through all masks)."""
-    for seed in (0, 2):
+    mean of the pooled problem (one slice measured through all masks).
+
+    Checked over 8 problems, not one: the truth image is a draw of ``GaussianPrior.sample``, whose
+    eigenbasis of the nearly repeated eigenvalues of ``se_prior`` differs between LAPACK code paths
+    (e.g. MKL on AVX-512 vs AVX2), so the same seed gives another image on another CPU. Measured over
+    problem seeds 0..7 x 4 solver seeds, default MKL path and MKL_CBWR=COMPATIBLE/AVX512 (other images):
+    coupled / ideal mean 1.15-1.41 per solver seed (single problems 0.93-2.61), coupled / uncoupled
+    0.08-0.43 per problem; the uncoupled solver (what a broken coupling gives) scores 6.8-8.3 x ideal
+    on average (4.1-11.7 per problem) and 1.0 against itself.
+    """
+    ratios = []
+    for seed in range(8):
         prior, prob, vol, x2, mask = _identical_slices_problem(seed)
         kw = dict(steps=20, cg_iters=10, num_samples=4, progress=False)
         uncoupled = dds_volume(prior, prob, tv_z=0.0, **kw)
@@ -188,12 +198,13 @@ def test_tv_z_coupling_pools_the_measurements_of_identical_slices():
         pooled = Problem(MatrixOperator(torch.cat(rows), (1, H, W)), torch.cat(ys)[None], Gaussian(0.1),
                          (1, H, W))
         ideal = float((prior.posterior(pooled).mean.reshape(H, W) - x2.reshape(H, W)).square().mean().sqrt())
-        assert rmse1 < 0.5 * rmse0, (seed, rmse0, rmse1)
-        assert rmse1 < 1.6 * ideal, (seed, rmse1, ideal)
-        # the coupled volume is (nearly) constant along z, the uncoupled one is not
+        assert rmse1 < 0.6 * rmse0, (seed, rmse0, rmse1)
+        ratios.append(rmse1 / ideal)
+        # the coupled volume is (nearly) constant along z, the uncoupled one is not (measured <= 0.05)
         spread1 = float(coupled.mean.std(dim=2).mean())
         spread0 = float(uncoupled.mean.std(dim=2).mean())
-        assert spread1 < 0.25 * spread0
+        assert spread1 < 0.25 * spread0, (seed, spread1, spread0)
+    assert sum(ratios) / len(ratios) < 2.0, ratios
 
 
 def test_chunking_does_not_change_the_result():
