@@ -203,7 +203,8 @@ def test_result_contract_and_determinism():
     # weighted mean in info agrees with the particles
     wmean = (res.info["log_weights"].exp()[..., None] * flat).sum(1)
     assert torch.allclose(wmean, res.info["weighted_mean"].reshape(b, -1))
-    # same seeds, same result; other seeds, other result (small run)
+    # same seeds, same result; other seeds, other result (small run). Bitwise: a rerun repeats every operation,
+    # and item 1's rows do the same arithmetic whatever item 0's seed (the batch layout is the same)
     kw = dict(steps=10, num_particles=32, num_samples=4, progress=False)
     a1 = smc(prior, problem, seeds=[3, 4], **kw).samples
     a2 = smc(prior, problem, seeds=[3, 4], **kw).samples
