@@ -2,9 +2,10 @@
 
 Statistics. Each problem item is replicated ``R`` times with independent seeds; every replicate is a full
 SMC run with ``N`` particles. ``C_EFF`` bounds the SMC inefficiency: the variance of a weighted-cloud
-estimate is at most ``C_EFF`` times that of ``N`` independent exact draws (measured about 5 here; the
-test checks the bound from the replicates' spread). Pooled over ``R`` replicates, a whitened mean
-coordinate then has standard error ``sqrt(C_EFF / (N R))`` and a whitened covariance entry
+estimate is at most ``C_EFF`` times that of ``N`` independent exact draws (the test checks the bound from
+the replicates' spread: measured 8.1 at the seeds used, 5.9-8.8 over 6 sets of seeds, pooled over the two
+items of the Gaussian fixture; the broken variant below scores about 1600). Pooled over ``R`` replicates,
+a whitened mean coordinate then has standard error ``sqrt(C_EFF / (N R))`` and a whitened covariance entry
 ``sqrt((1 + delta_ij) C_EFF / (N R))``; tolerances are ``Z`` of those (``Z = 4.5`` covers the few dozen
 coordinates checked at once). The SMC targets the posterior of the *discretised* prior (the
 ancestral sampler's law on the given schedule): for a Gaussian prior that posterior is computed in
@@ -31,7 +32,7 @@ from sciprior.priors.analytic import GaussianPrior
 from sciprior.priors.base import karras_sigmas
 from sciprior.solvers.smc import smc, svd_system
 
-C_EFF = 10.0
+C_EFF = 12.0  # 10 was within 12 % of the measured spread over seeds (above)
 Z = 4.5
 R = 12  # independent SMC runs per problem item
 N = 384  # particles per run
