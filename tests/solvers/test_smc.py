@@ -223,8 +223,8 @@ def test_chunked_denoiser_calls_and_float32():
     # Chunking changes the row count of the denoiser's matmuls, so BLAS may round differently (MKL on AVX-512
     # does): equal up to rounding only. The Gaussian denoiser shrinks (coefficients <= 1) and resampling copies
     # particles, so rounding does not grow over the 6 steps: measured |diff| <= 4e-15 (samples ~5) over chunk
-    # sizes 1..N-1, 4 problems, 6 and 30 steps, MKL_CBWR=COMPATIBLE/AVX512 and ATEN_CPU_CAPABILITY=default.
-    # A different resampling decision would move a sample by O(1) and still fail.
+    # sizes 1, 3, 7, 13 and N - 1, 4 problems, 6 and 30 steps, MKL_CBWR=COMPATIBLE/AVX512 and
+    # ATEN_CPU_CAPABILITY=default. A different resampling decision would move a sample by O(1) and still fail.
     torch.testing.assert_close(b.samples, a.samples, rtol=1e-12, atol=1e-12)
     p32 = Problem(problem.operator.float(), problem.y.float(), problem.noise, problem.image_shape)
     c = smc(prior, p32, **kw)
