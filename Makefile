@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup setup-bench test test-slow lint demo train-priors bench-priors bench-training bench-reconstruction \
+.PHONY: setup setup-bench test test-slow test-cpu-variants lint demo train-priors bench-priors bench-training bench-reconstruction \
 	bench-gmm bench-operators
 
 setup:
@@ -15,6 +15,14 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -m slow
+
+# the default selection at 1 and 2 threads and on MKL's other code paths (MKL_CBWR pins the code path MKL would
+# take on another CPU, e.g. AVX2-only or AVX-512 Xeons): results that are only equal up to rounding must be
+# tested as such (docs/reproducibility.md). About 1.5 min per setting on 2 cores.
+test-cpu-variants: setup
+	@set -e; for v in OMP_NUM_THREADS=1 OMP_NUM_THREADS=2 MKL_CBWR=COMPATIBLE MKL_CBWR=AVX512; do \
+		echo "== $$v"; env $$v $(PY) -m pytest -q; \
+	done
 
 lint: setup
 	$(VENV)/bin/ruff check sciprior tests benchmarks scripts docs/examples

@@ -41,10 +41,10 @@ def test_round_trip(tmp_path, dtype, spatial_dims):
     for key in ("sigma_data", "sigma_min", "sigma_max", "image_shape", "P_mean", "P_std"):
         assert getattr(loaded, key) == getattr(den, key), key
     sd0, sd1 = den.net.state_dict(), loaded.net.state_dict()
-    assert sd0.keys() == sd1.keys() and all(torch.equal(sd0[k], sd1[k]) for k in sd0)
+    assert sd0.keys() == sd1.keys() and all(torch.equal(sd0[k], sd1[k]) for k in sd0)  # copies of the weights
     x = torch.randn(2, *den.image_shape, generator=torch.Generator().manual_seed(1), dtype=dtype)
     sigma = torch.tensor([0.05, 4.0], dtype=dtype)
-    with torch.no_grad():
+    with torch.no_grad():  # bitwise: the same weights on the same input, same process and thread count
         assert torch.equal(loaded(x, sigma), den(x, sigma))
     cfg = yaml.safe_load((path / CONFIG).read_text())
     assert cfg["network"]["kwargs"]["channels"] == [8, 16] and cfg["network"]["kwargs"]["in_channels"] == 2

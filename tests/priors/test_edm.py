@@ -119,6 +119,7 @@ def test_zero_network_gives_c_skip_and_sigma_zero_gives_identity():
     x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     sigma = torch.tensor([0.2, 3.0])
     c_skip = 0.25 / (sigma**2 + 0.25)
+    # bitwise: with F == 0 exactly, D = c_skip x + c_out * 0 is the same elementwise arithmetic
     torch.testing.assert_close(den(x, sigma), c_skip[:, None, None, None] * x, rtol=0, atol=0)
     den_r = EDMDenoiser(randomize(build_unet(**TINY)))
     out0 = den_r(x, 0.0)
@@ -169,7 +170,7 @@ def test_loss_is_reproducible_and_differentiable():
     l1 = den.loss(x0, generator=torch.Generator().manual_seed(5))
     l2 = den.loss(x0, generator=torch.Generator().manual_seed(5))
     l3 = den.loss(x0, generator=torch.Generator().manual_seed(6))
-    assert l1.dim() == 0 and torch.equal(l1, l2) and not torch.equal(l1, l3)
+    assert l1.dim() == 0 and torch.equal(l1, l2) and not torch.equal(l1, l3)  # bitwise: a rerun, same seed
     l1.backward()
     grads = [p.grad for p in den.parameters()]
     assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0

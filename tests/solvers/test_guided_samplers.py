@@ -236,7 +236,7 @@ def test_edm_sample_without_problem_matches_sampler():
     prior, problem, _ = make_gaussian_problem()
     x = edm_sample(prior, (2, 1, 6), steps=8, seeds=[5, 9], dtype=torch.float64)
     res = edm_sampler(prior, problem, steps=8, seeds=[5, 9], progress=False)
-    assert torch.equal(x, res.samples[:, 0])
+    assert torch.equal(x, res.samples[:, 0])  # bitwise: the same Heun loop on the same noise and batch
     with pytest.raises(ValueError, match="seeds"):
         edm_sample(prior, (2, 1, 6), steps=4, seeds=[1])
 
@@ -256,11 +256,13 @@ def test_seeded_and_batch_independent(name):
     kw = dict(steps=6, num_samples=3, progress=False)
     a = solver(prior, problem, seeds=[3, 4], callback=lambda *args: calls.append(args[3]), **kw)
     b = solver(prior, problem, seeds=[3, 4], **kw)
-    assert torch.equal(a.samples, b.samples)
+    assert torch.equal(a.samples, b.samples)  # bitwise: a rerun repeats every operation
     assert len(calls) == 6 and calls[0] > calls[-1] > 0
     assert a.nfe == (11 if name == "edm" else 6)
+    # alone vs in a batch: other matmul sizes, so equal up to rounding (measured <= 1e-14)
     alone = solver(prior, _subproblem(problem, 1), seeds=[4], **kw)
     torch.testing.assert_close(alone.samples[0], a.samples[1], rtol=0, atol=1e-12)
+    # bitwise: the same batch layout, so item 0 does the same arithmetic whatever item 1's seed
     other = solver(prior, problem, seeds=[3, 5], **kw)
     assert torch.equal(other.samples[0], a.samples[0]) and not torch.allclose(other.samples[1], a.samples[1])
 

@@ -115,8 +115,10 @@ def smoothed_posterior(prior, problem, rho: float):
 MEAN_CASES = [
     # DiffPIR is not an exact sampler; its mean error shrinks with steps (0.07/0.05 at 400 steps)
     ("diffpir", 1000, dict(steps=100), 0.2, 0.8),  # rel 0.09/0.13, maha 0.20/0.52
-    # RED-diff: mean over 200 regulariser noise draws tends to the MAP = posterior mean
-    ("reddiff", 200, dict(steps=100), 0.2, 0.5),  # rel 0.10/0.15, maha 0.21/0.37
+    # RED-diff: mean over 200 regulariser noise draws tends to the MAP = posterior mean. Item 1 keeps a bias:
+    # rel 0.07/0.18, maha 0.15/0.42 at the default seeds, item 1 up to rel 0.19, maha 0.47 over 13 seed pairs
+    # (0.2 / 0.5 were within 3-6 % of that); a flipped data step scores rel 1.1, maha 2.1, a negated one >= 14
+    ("reddiff", 200, dict(steps=100), 0.25, 0.6),
     ("reddiff", 200, dict(steps=100, control_variate="auto"), 0.1, 0.25),  # rel 0.04/0.04, maha 0.08/0.11
     # DAPS, paper setting (5 ODE steps, Langevin), short run
     ("daps", 200, dict(steps=20, mcmc_steps=30), 0.3, 1.0),  # rel 0.23/0.21, maha 0.50/0.78
@@ -262,10 +264,11 @@ def test_seeds_reproducible_and_batch_independent(name):
     fn, kw = FNS[name], SMALL[name]
     a = fn(prior, problem, seeds=[11, 12], num_samples=3, progress=False, **kw)
     b = fn(prior, problem, seeds=[11, 12], num_samples=3, progress=False, **kw)
-    assert torch.equal(a.samples, b.samples)
+    assert torch.equal(a.samples, b.samples)  # bitwise: a rerun repeats every operation
     c = fn(prior, problem, seeds=[11, 13], num_samples=3, progress=False, **kw)
     assert not torch.allclose(a.samples[1], c.samples[1])
-    # item 1 alone, with its own seed, gives the same samples as inside the batch
+    # item 1 alone, with its own seed, gives the same samples as inside the batch, up to rounding (other
+    # matmul sizes; measured <= 1.3e-15)
     single = Problem(problem.operator, problem.y[1:2], problem.noise, problem.image_shape)
     d = fn(prior, single, seeds=[12], num_samples=3, progress=False, **kw)
     assert float((d.samples[0] - a.samples[1]).abs().max()) < 1e-10

@@ -2,9 +2,10 @@
 
 Statistics. Each problem item is replicated ``R`` times with independent seeds; every replicate is a full
 SMC run with ``N`` particles. ``C_EFF`` bounds the SMC inefficiency: the variance of a weighted-cloud
-estimate is at most ``C_EFF`` times that of ``N`` independent exact draws (measured about 5 here; the
-test checks the bound from the replicates' spread). Pooled over ``R`` replicates, a whitened mean
-coordinate then has standard error ``sqrt(C_EFF / (N R))`` and a whitened covariance entry
+estimate is at most ``C_EFF`` times that of ``N`` independent exact draws (the test checks the bound from
+the replicates' spread: measured 8.1 at the seeds used, 5.9-8.8 over 6 sets of seeds, pooled over the two
+items of the Gaussian fixture; the broken variant below scores about 1600). Pooled over ``R`` replicates,
+a whitened mean coordinate then has standard error ``sqrt(C_EFF / (N R))`` and a whitened covariance entry
 ``sqrt((1 + delta_ij) C_EFF / (N R))``; tolerances are ``Z`` of those (``Z = 4.5`` covers the few dozen
 coordinates checked at once). The SMC targets the posterior of the *discretised* prior (the
 ancestral sampler's law on the given sampling_sigmas): for a Gaussian prior that posterior is computed in
@@ -33,7 +34,7 @@ from sciprior.priors.analytic import GaussianPrior
 from sciprior.priors.base import karras_sigmas
 from sciprior.solvers.smc import smc, svd_system
 
-C_EFF = 10.0
+C_EFF = 12.0  # 10 was within 12 % of the measured spread over seeds (above)
 Z = 4.5
 R = 12  # independent SMC runs per problem item
 N = 384  # particles per run
@@ -205,7 +206,8 @@ def test_result_contract_and_determinism():
     # weighted mean in info agrees with the particles
     wmean = (res.info["log_weights"].exp()[..., None] * flat).sum(1)
     assert torch.allclose(wmean, res.info["weighted_mean"].reshape(b, -1))
-    # same seeds, same result; other seeds, other result (small run)
+    # same seeds, same result; other seeds, other result (small run). Bitwise: a rerun repeats every operation,
+    # and item 1's rows do the same arithmetic whatever item 0's seed (the batch layout is the same)
     kw = dict(steps=10, num_particles=32, num_samples=4, progress=False)
     a1 = smc(prior, problem, seeds=[3, 4], **kw).samples
     a2 = smc(prior, problem, seeds=[3, 4], **kw).samples
@@ -219,7 +221,13 @@ def test_chunked_denoiser_calls_and_float32():
     kw = dict(steps=6, num_particles=20, num_samples=5, progress=False)
     a = smc(prior, problem, **kw)
     b = smc(prior, problem, particle_chunk=7, **kw)
-    assert torch.equal(a.samples, b.samples) and a.nfe == b.nfe == 6
+    assert a.nfe == b.nfe == 6
+    # Chunking changes the row count of the denoiser's matmuls, so BLAS may round differently (MKL on AVX-512
+    # does): equal up to rounding only. The Gaussian denoiser shrinks (coefficients <= 1) and resampling copies
+    # particles, so rounding does not grow over the 6 steps: measured |diff| <= 4e-15 (samples ~5) over chunk
+    # sizes 1, 3, 7, 13 and N - 1, 4 problems, 6 and 30 steps, MKL_CBWR=COMPATIBLE/AVX512 and
+    # ATEN_CPU_CAPABILITY=default. A different resampling decision would move a sample by O(1) and still fail.
+    torch.testing.assert_close(b.samples, a.samples, rtol=1e-12, atol=1e-12)
     p32 = Problem(problem.operator.float(), problem.y.float(), problem.noise, problem.image_shape)
     c = smc(prior, p32, **kw)
     assert c.samples.dtype == torch.float32 and bool(torch.isfinite(c.samples).all())

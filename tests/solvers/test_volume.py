@@ -53,9 +53,12 @@ def test_slice_stack_matches_the_2d_operator_on_every_slice():
     x = torch.randn(2, 2, 5, H, W, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     y = op(x)
     assert y.shape == (2, 5, 3, H, W) and y.is_complex()
+    # the stack applies op2d to all B * D slices in one call, the reference to one slice: FFT batch sizes
+    # differ, so only equality up to rounding is guaranteed (bitwise on this machine; one 8 x 8 FFT of
+    # |x| ~ 8 rounds to ~1e-15)
     for b in range(2):
         for d in range(5):
-            torch.testing.assert_close(y[b, d], op2d(x[b:b + 1, :, d])[0], rtol=0, atol=0)
+            torch.testing.assert_close(y[b, d], op2d(x[b:b + 1, :, d])[0], rtol=1e-12, atol=1e-12)
     # exact adjoint (float64) and per-slice normal / closed forms
     assert check_adjoint(op, dtype=torch.float64) < 1e-13
     torch.testing.assert_close(op.normal(x), op.adjoint(op(x)), rtol=1e-12, atol=1e-12)
@@ -71,6 +74,7 @@ def test_slice_stack_chunking_and_errors():
     whole = SliceStackOperator(op2d, depth=4)
     chunked = SliceStackOperator(op2d, depth=4, chunk_size=3)
     x = torch.randn(3, 1, 4, H, W, dtype=torch.float64)
+    # bitwise: a Mask (and its adjoint) is elementwise, so the chunking cannot change the rounding
     torch.testing.assert_close(whole(x), chunked(x), rtol=0, atol=0)
     torch.testing.assert_close(whole.adjoint(whole(x)), chunked.adjoint(chunked(x)), rtol=0, atol=0)
     assert whole.has_pinv and whole.has_prox_l2
@@ -89,7 +93,8 @@ def test_slice_difference_is_adjoint_and_matches_the_z_gradient():
     v = torch.randn(2, 2, 4, 4, 3, dtype=torch.float64, generator=g)
     lhs, rhs = inner(slice_diff(x), v), inner(x, slice_diff_adjoint(v))
     torch.testing.assert_close(lhs, rhs, rtol=1e-13, atol=0)
-    # same as the z component of the Neumann forward-difference gradient of classical.py
+    # same as the z component of the Neumann forward-difference gradient of classical.py (bitwise: both are
+    # the same elementwise differences x[d + 1] - x[d])
     torch.testing.assert_close(slice_diff(x), gradient(x)[:, 0, :, :-1], rtol=0, atol=0)
     assert check_adjoint(SliceDifference((2, 5, 4, 3)), dtype=torch.float64) < 1e-13
 
@@ -164,8 +169,18 @@ def _identical_slices_problem(seed: int, depth: int = 6, sigma: float = 0.1):
 def test_tv_z_coupling_pools_the_measurements_of_identical_slices():
     """Identical slices under different sparse masks: coupling the slices by TV-z lets each slice use
     the others' pixels. The error must drop well below the uncoupled one, to near the exact posterior
-    mean of the pooled problem (one slice measured through all masks)."""
-    for seed in (0, 2):
+    mean of the pooled problem (one slice measured through all masks).
+
+    Checked over 8 problems, not one: the truth image is a draw of ``GaussianPrior.sample``, whose
+    eigenbasis of the nearly repeated eigenvalues of ``se_prior`` differs between LAPACK code paths
+    (e.g. MKL on AVX-512 vs AVX2), so the same seed gives another image on another CPU. Measured over
+    problem seeds 0..7 x 4 solver seeds, default MKL path and MKL_CBWR=COMPATIBLE/AVX512 (other images):
+    coupled / ideal mean 1.15-1.41 per solver seed (single problems 0.93-2.61), coupled / uncoupled
+    0.08-0.43 per problem; the uncoupled solver (what a broken coupling gives) scores 6.8-8.3 x ideal
+    on average (4.1-11.7 per problem) and 1.0 against itself.
+    """
+    ratios = []
+    for seed in range(8):
         prior, prob, vol, x2, mask = _identical_slices_problem(seed)
         kw = dict(steps=20, cg_iters=10, num_samples=4, progress=False)
         uncoupled = dds_volume(prior, prob, tv_z=0.0, **kw)
@@ -182,12 +197,13 @@ def test_tv_z_coupling_pools_the_measurements_of_identical_slices():
         pooled = Problem(MatrixOperator(torch.cat(rows), (1, H, W)), torch.cat(ys)[None], Gaussian(0.1),
                          (1, H, W))
         ideal = float((prior.posterior(pooled).mean.reshape(H, W) - x2.reshape(H, W)).square().mean().sqrt())
-        assert rmse1 < 0.5 * rmse0, (seed, rmse0, rmse1)
-        assert rmse1 < 1.6 * ideal, (seed, rmse1, ideal)
-        # the coupled volume is (nearly) constant along z, the uncoupled one is not
+        assert rmse1 < 0.6 * rmse0, (seed, rmse0, rmse1)
+        ratios.append(rmse1 / ideal)
+        # the coupled volume is (nearly) constant along z, the uncoupled one is not (measured <= 0.05)
         spread1 = float(coupled.mean.std(dim=2).mean())
         spread0 = float(uncoupled.mean.std(dim=2).mean())
-        assert spread1 < 0.25 * spread0
+        assert spread1 < 0.25 * spread0, (seed, spread1, spread0)
+    assert sum(ratios) / len(ratios) < 2.0, ratios
 
 
 def test_chunking_does_not_change_the_result():

@@ -68,7 +68,7 @@ def test_ddp_two_cpu_processes(tmp_path: Path):
     assert seen[0]["0"] != seen[0]["1"], "the shard should be reshuffled every epoch"
     w0, w1 = torch.load(tmp_path / "w0.pt"), torch.load(tmp_path / "w1.pt")
     assert w0.keys() == w1.keys()
-    for k in w0:
+    for k in w0:  # bitwise: both ranks start from rank 0's weights and apply the same all-reduced gradients
         torch.testing.assert_close(w0[k], w1[k], rtol=0, atol=0, msg=k)
     fresh = EDMPriorModule(network=dict(TINY_NET)).state_dict()
     assert any(not torch.equal(fresh[k], w0[k]) for k in w0), "weights did not change"

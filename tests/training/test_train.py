@@ -58,7 +58,7 @@ def test_train_exports_a_loadable_prior(tmp_path: Path, volumes: list[Path]):
     raw = {k.removeprefix("denoiser.net."): v for k, v in ck["current_model_state"].items()}
     exported = prior.net.state_dict()
     assert exported.keys() == ema.keys()
-    for k in exported:
+    for k in exported:  # bitwise: the export is a copy of the checkpoint's tensors
         torch.testing.assert_close(exported[k], ema[k], rtol=0, atol=0)
     assert any(not torch.equal(raw[k], ema[k]) for k in raw), "EMA weights should differ from the raw ones"
 
@@ -66,7 +66,7 @@ def test_train_exports_a_loadable_prior(tmp_path: Path, volumes: list[Path]):
     module = EDMPriorModule(network=ck["hyper_parameters"]["network"])
     module.load_state_dict(ck["state_dict"])
     x = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
+    with torch.no_grad():  # bitwise: the same weights on the same input, same process and thread count
         torch.testing.assert_close(prior(x, 0.3), module.denoiser.eval()(x, 0.3), rtol=0, atol=0)
         assert not torch.equal(
             prior(x, 0.3), EDMPriorModule(network=ck["hyper_parameters"]["network"]).denoiser(x, 0.3)
@@ -88,6 +88,8 @@ def test_export_storage_dtype_float16(tmp_path: Path, volumes: list[Path], capsy
 
 
 def _same_weights(a: dict, b: dict) -> None:
+    """Bitwise: a resumed run repeats the same batches with the same shapes on the same machine and thread
+    count, so every floating-point operation is repeated exactly."""
     assert a["global_step"] == b["global_step"]
     for key in ("state_dict", "current_model_state"):  # EMA and raw weights
         assert a[key].keys() == b[key].keys()

@@ -441,7 +441,7 @@ def test_oblique_views_memory_map_their_volumes_from_the_disk_cache(tmp_path: Pa
     disk = identity_slices(str(path), cache="disk", cache_dir=str(tmp_path / "cache"), **kw)
     disk.setup("fit")
     keys = [(i, e) for e in range(3) for i in range(0, len(memory.train_items), 7)]
-    for k in keys:  # the same views as from memory
+    for k in keys:  # the same views as from memory (bitwise: the same computation on the same voxels)
         torch.testing.assert_close(disk.train_set[k], memory.train_set[k], rtol=0, atol=0)
     cached = sorted(p.name.split(".")[-1] for p in (tmp_path / "cache" / "oblique").iterdir())
     assert cached == ["json", "npy"]  # one volume: its array and its record, no temp files left
