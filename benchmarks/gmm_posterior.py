@@ -115,7 +115,7 @@ NOTES = [
     "- `edm` takes `(budget + 1) // 2` Heun steps (2 * steps - 1 NFE).",
     "- solvers run in float32 (as with learned priors); the mixture denoiser computes in float64 inside, the "
     "exact posterior is that of the float32 operator and measurement, and the SW distance is computed in "
-    "float64. The operator is `sciprior.modalities.base.MatrixOperator` (its `prox_l2` and `pinv` use a "
+    "float64. The operator is `sciprior.physics.generic.MatrixOperator` (its `prox_l2` and `pinv` use a "
     "cached thin SVD: no (d, d) solve per call).",
     "- 500 samples per problem (not 1000) keep the full run within about 25 minutes of CPU time on one thread; "
     "the floor row is measured with the same number of samples.",

@@ -664,8 +664,8 @@ def render_markdown(results: list[dict[str, Any]], missing: Sequence[str]) -> st
             parts.append(f"| {r['name']} | {st['set']} | {st['rows'][0]['n']} | {'yes' if ok else '**no**'} | "
                          f"{min(gains):+.2f} .. {max(gains):+.2f} |")
     for name in missing:
-        parts.append(f"| {name} | not evaluated yet (no `sciprior/modalities/{name}/prior` when last run: train it with "
-                     f"`sciprior train configs/{name}/train.yaml`, then rerun the command above) | | | |")
+        parts.append(f"| {name} | not evaluated yet (no `sciprior/modalities/{name}/prior` when last run: train "
+                     f"it with `sciprior train configs/{name}/train.yaml`, then rerun the command above) | | | |")
     parts.append("")
     parts += [render_section(r) for r in results]
     return "\n".join(parts).rstrip() + "\n"

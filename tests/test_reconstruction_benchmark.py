@@ -55,7 +55,8 @@ def test_tune_solver_picks_the_best_grid_point(monkeypatch):
     t = rb.tune_solver("dds", 10, prior, case, {"steps": 10, "eta": 0.85}, lambda msg: None)  # grid wins
     assert set(t["grid"]) == {"cg_iters=0, eta=0.5", "cg_iters=5, eta=0.5"}
     assert t["settings"] == {"cg_iters": 5, "eta": 0.5}
-    assert t["grid"]["cg_iters=5, eta=0.5"] > t["grid"]["cg_iters=0, eta=0.5"] + 3.0
+    # using the data gains 3.3 dB here (2.3-3.7 dB over problem seeds 0..5; ignoring it in both gains 0)
+    assert t["grid"]["cg_iters=5, eta=0.5"] > t["grid"]["cg_iters=0, eta=0.5"] + 1.5
     assert t["psnr"] == pytest.approx(max(t["grid"].values()), abs=1e-3)
     assert t["repeats"] == 2
 

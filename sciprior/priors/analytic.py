@@ -115,6 +115,9 @@ class GaussianPrior(Denoiser):
         self.register_buffer("cov", cov)
         self.register_buffer("evals", evals)
         self.register_buffer("evecs", evecs)
+        # draws use the Cholesky factor: unique, so a seed gives the same image on every CPU and thread count
+        # up to rounding (an eigenbasis is not unique where eigenvalues repeat, and LAPACK's choice varies)
+        self.register_buffer("chol", torch.linalg.cholesky(cov))
         self.sigma_data = float(evals.mean().sqrt())
         self.sigma_max = float(max(80.0, 20 * evals.max().sqrt()))
 
@@ -126,8 +129,10 @@ class GaussianPrior(Denoiser):
         return out.to(x.dtype).reshape(x.shape)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` draws ``mean + L z`` (``L`` the Cholesky factor of ``cov``, ``z`` standard normal), float64,
+        shape ``(n, *image_shape)``."""
         z = torch.randn((n, self.mean.shape[0]), generator=generator, dtype=torch.float64)
-        return (self.mean + (z * self.evals.sqrt()) @ self.evecs.T).reshape(n, *self.image_shape)
+        return (self.mean + z @ self.chol.T).reshape(n, *self.image_shape)
 
     def posterior(self, problem: Problem) -> GaussianPosterior:
         """Exact posterior for a linear operator with Gaussian noise."""

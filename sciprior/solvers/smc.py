@@ -40,7 +40,7 @@ Backward kernel (DDPM posterior, i.e. DDIM with eta = 1, in VE form) from ``s = 
 ``r = sigma_{t-1}``: ``N(x + (1 - r^2/s^2) (D(x, s) - x), r^2 (s^2 - r^2) / s^2 I)``; VP states relate by
 ``x_vp = x_ve / sqrt(1 + sigma^2)``.
 
-Needs a :class:`~sciprior.modalities.base.LinearOperator` with Gaussian noise (``StackedNoise`` of
+Needs a :class:`~sciprior.physics.operator.LinearOperator` with Gaussian noise (``StackedNoise`` of
 Gaussians on the dense path). The SVD comes from ``operator.svd()`` (``(U, s, Vh)`` tensors as
 ``torch.linalg.svd(A, full_matrices=False)`` returns them, checked against the forward), from the
 identity, or, when the operator has none, from its dense matrix if the image has at most
@@ -161,7 +161,7 @@ def svd_system(problem: Problem, max_dense_dim: int = 4096, dtype: torch.dtype =
                device: torch.device | str = "cpu") -> SVDSystem:
     """The problem in the SVD basis of its whitened operator (see :class:`SVDSystem`).
 
-    Fast paths: :class:`~sciprior.modalities.base.Identity`, and ``operator.svd()`` with one Gaussian
+    Fast paths: :class:`~sciprior.physics.generic.Identity`, and ``operator.svd()`` with one Gaussian
     noise model and a real measurement. Otherwise the dense matrix of the operator is built (at most
     ``max_dense_dim`` image entries). Singular values below ``eps * max(m, d) * s_max`` are dropped
     (those directions carry no information).

@@ -1,45 +1,9 @@
-"""Fixtures for solver tests: small linear-Gaussian problems whose posterior is known exactly."""
+"""Fixtures of the solver tests (the problems live in ``gaussian_problems``)."""
 
 from __future__ import annotations
 
 import pytest
-import torch
-
-from sciprior.physics.generic import MatrixOperator
-from sciprior.physics.noise import Gaussian
-from sciprior.physics.problem import Problem
-from sciprior.priors.analytic import GaussianMixturePrior, GaussianPrior
-
-
-def make_gaussian_problem(d: int = 6, m: int = 3, sigma_y: float = 0.2, batch: int = 2, seed: int = 0):
-    """A random Gaussian prior N(mu, Sigma) on (1, d) images, A (m, d), y = A x + N(0, sigma_y^2).
-
-    Returns (prior, problem, exact posterior).
-    """
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randn(d, d, generator=g, dtype=torch.float64)
-    cov = q @ q.T / d + 0.3 * torch.eye(d, dtype=torch.float64)
-    mean = torch.randn(d, generator=g, dtype=torch.float64)
-    prior = GaussianPrior(mean, cov, image_shape=(1, d))
-    a = torch.randn(m, d, generator=g, dtype=torch.float64) / d**0.5
-    op = MatrixOperator(a, (1, d))
-    x = prior.sample(batch, generator=g)
-    problem = Problem.simulate(op, x, Gaussian(sigma_y), generator=g)
-    return prior, problem, prior.posterior(problem)
-
-
-def make_gmm_problem(d: int = 4, m: int = 1, sigma_y: float = 0.3, batch: int = 2, seed: int = 0):
-    """A 6-component Gaussian mixture prior and a random linear Gaussian problem (multimodal posterior)."""
-    g = torch.Generator().manual_seed(seed)
-    means = 3 * torch.randn(6, d, generator=g, dtype=torch.float64)
-    weights = torch.rand(6, generator=g, dtype=torch.float64) + 0.2
-    variances = torch.full((6,), 0.5, dtype=torch.float64)
-    prior = GaussianMixturePrior(weights, means, variances, image_shape=(1, d))
-    a = torch.randn(m, d, generator=g, dtype=torch.float64)
-    op = MatrixOperator(a, (1, d))
-    x = prior.sample(batch, generator=g)
-    problem = Problem.simulate(op, x, Gaussian(sigma_y), generator=g)
-    return prior, problem, prior.posterior(problem)
+from gaussian_problems import make_gaussian_problem, make_gmm_problem
 
 
 @pytest.fixture

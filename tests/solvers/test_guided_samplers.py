@@ -16,7 +16,7 @@ import math
 
 import pytest
 import torch
-from conftest import make_gaussian_problem
+from gaussian_problems import make_gaussian_problem, mean_errors
 
 from sciprior.physics.generic import Mask, MatrixOperator
 from sciprior.physics.noise import Gaussian, Poisson, StackedNoise
@@ -37,9 +37,7 @@ SOLVERS = {"dps": dps, "pigdm": pigdm, "ddnm": ddnm, "dds": dds}
 
 def mean_error(result, prior: GaussianPrior, post) -> torch.Tensor:
     """Per-item ``||mean(samples) - mu_post|| / ||mu_post - mu_prior||``."""
-    b = post.mean.shape[0]
-    err = (result.mean.reshape(b, -1) - post.mean).norm(dim=1)
-    return err / (post.mean - prior.mean).norm(dim=1)
+    return mean_errors(result, prior, post)[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,30 +104,37 @@ def _subproblem(problem: Problem, item: int) -> Problem:
 # 1. Posterior means against the exact Gaussian posterior
 # --------------------------------------------------------------------------------------------
 
-# (solver, kwargs, tolerance on the relative mean error for make_gaussian_problem: anisotropic prior,
-# 3 random measurements of 6 pixels, sigma_y = 0.2). Measured with S = 2000 at 20 / 100 steps.
+# (solver, kwargs, relative and Mahalanobis tolerances) on make_gaussian_problem: anisotropic prior, 3 random
+# measurements of 6 pixels, sigma_y = 0.2, S = 400 samples, 50 steps. Measured (rel, maha) per item at the
+# test's problem, then the largest over 16 truth images of the same problem (8 draws of 2: the truth is what
+# changes when the draw changes); tolerances are about 1.25 x that largest value. Ignoring the measurement
+# scores rel 1.0 and maha 5.4 on both items of the test's problem.
 ANISOTROPIC_CASES = {
-    # ΠGDM: 0.05 / 0.04. Its N(x0_hat, r_t^2 I) approximation is close enough here.
-    "pigdm": (pigdm, {}, 0.15),
-    # DDS re-noised with fresh noise only (eta = 1): the state keeps the guided estimate's mean: 0.13 / 0.04.
-    "dds_eta1": (dds, {"eta": 1.0}, 0.15),
-    # DDS default (eta = 0.85) reuses the *unconditional* noise estimate: 0.18 / 0.15.
-    "dds": (dds, {}, 0.30),
-    # DDNM+: ignores prior range/null-space correlations, heuristic noise rule: 0.28 / 0.32.
-    "ddnm": (ddnm, {}, 0.45),
-    # DPS over-fits the noise along weakly measured directions (smallest singular value 0.27): 0.27 / 0.39.
-    "dps": (dps, {}, 0.50),
+    # ΠGDM: its N(x0_hat, r_t^2 I) approximation is close enough here. 0.04/0.14, 0.14/0.41; max 0.23, 0.53
+    "pigdm": (pigdm, {}, 0.3, 0.7),
+    # DDS re-noised with fresh noise only (eta = 1): the state keeps the guided estimate's mean.
+    # 0.05/0.18, 0.13/0.31; max 0.30, 0.40
+    "dds_eta1": (dds, {"eta": 1.0}, 0.4, 0.5),
+    # DDS default (eta = 0.85) reuses the *unconditional* noise estimate: 0.19/0.23, 0.74/0.74; max 0.30, 0.74
+    "dds": (dds, {}, 0.4, 0.9),
+    # DDNM+: ignores prior range/null-space correlations, heuristic noise rule: 0.35/0.39, 1.37/1.17;
+    # max 0.47, 1.47
+    "ddnm": (ddnm, {}, 0.6, 1.8),
+    # DPS over-fits the noise along weakly measured directions (smallest singular value 0.27): 0.38/0.40,
+    # 1.44/1.26; max 0.67, 1.52 (its relative error says little; the Mahalanobis bound is 3 x below ignoring y)
+    "dps": (dps, {}, 0.8, 1.9),
 }
 
 
 @pytest.mark.parametrize("case", sorted(ANISOTROPIC_CASES))
 def test_posterior_mean_anisotropic(case):
     prior, problem, post = make_gaussian_problem()
-    solver, kwargs, tol = ANISOTROPIC_CASES[case]
+    solver, kwargs, rel_tol, maha_tol = ANISOTROPIC_CASES[case]
     res = solver(prior, problem, steps=STEPS, num_samples=S, progress=False, **kwargs)
     assert res.samples.shape == (2, S, 1, 6) and res.samples.dtype == torch.float64
-    err = mean_error(res, prior, post)
-    assert float(err.max()) < tol, f"{case}: relative mean error {err.tolist()} >= {tol}"
+    rel, maha = mean_errors(res, prior, post)
+    assert float(rel.max()) < rel_tol, f"{case}: relative mean error {rel.tolist()} >= {rel_tol}"
+    assert float(maha.max()) < maha_tol, f"{case}: Mahalanobis mean error {maha.tolist()} >= {maha_tol}"
 
 
 @pytest.mark.parametrize("name", ["ddnm", "pigdm", "dds"])

@@ -20,7 +20,7 @@ import math
 
 import pytest
 import torch
-from conftest import make_gaussian_problem
+from gaussian_problems import make_gaussian_problem, mean_errors
 
 from sciprior.physics.generic import Identity, MatrixOperator
 from sciprior.physics.noise import Gaussian, Poisson
@@ -50,16 +50,6 @@ def run(name: str, n: int, **kw):
     prior, problem, _ = gaussian_case()
     fn = {"diffpir": diffpir, "reddiff": reddiff, "daps": daps, "pnpdm": pnpdm}[name]
     return fn(prior, problem, num_samples=n, progress=False, **kw)
-
-
-def mean_errors(result, prior, post) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per item: (relative error, Mahalanobis error) of ``result.mean``."""
-    b = post.mean.shape[0]
-    diff = result.mean.reshape(b, -1).double() - post.mean
-    rel = diff.norm(dim=1) / (post.mean - prior.mean).norm(dim=1)
-    chol = torch.linalg.cholesky(post.cov)
-    maha = torch.linalg.solve_triangular(chol, diff.T, upper=False).norm(dim=0)
-    return rel, maha
 
 
 def mean_ok(result, prior, post, rel_tol: float, maha_tol: float) -> bool:
@@ -111,21 +101,28 @@ def smoothed_posterior(prior, problem, rho: float):
 # 1. Posterior means
 # --------------------------------------------------------------------------------------------
 
-# (solver, num_samples, kwargs, rel_tol, maha_tol); measured (rel, maha) per item in the comments
+# (solver, num_samples, kwargs, rel_tol, maha_tol). Measured (rel, maha) per item at the test's problem, then
+# the largest over 16 truth images of the same problem (8 draws of 2: the truth is what changes when the draw
+# changes); tolerances are about 1.25 x that largest value. Ignoring the measurement scores rel 1.0, maha 5.4.
+DIFFPIR_TOL = (0.45, 0.7)
+DAPS_ODE_TOL = (0.7, 0.9)
 MEAN_CASES = [
-    # DiffPIR is not an exact sampler; its mean error shrinks with steps (0.07/0.05 at 400 steps)
-    ("diffpir", 1000, dict(steps=100), 0.2, 0.8),  # rel 0.09/0.13, maha 0.20/0.52
-    # RED-diff: mean over 200 regulariser noise draws tends to the MAP = posterior mean. Item 1 keeps a bias:
-    # rel 0.07/0.18, maha 0.15/0.42 at the default seeds, item 1 up to rel 0.19, maha 0.47 over 13 seed pairs
-    # (0.2 / 0.5 were within 3-6 % of that); a flipped data step scores rel 1.1, maha 2.1, a negated one >= 14
-    ("reddiff", 200, dict(steps=100), 0.25, 0.6),
-    ("reddiff", 200, dict(steps=100, control_variate="auto"), 0.1, 0.25),  # rel 0.04/0.04, maha 0.08/0.11
-    # DAPS, paper setting (5 ODE steps, Langevin), short run
-    ("daps", 200, dict(steps=20, mcmc_steps=30), 0.3, 1.0),  # rel 0.23/0.21, maha 0.50/0.78
-    # DAPS with x0_hat = D(x_t) and exact likelihood sampling: accurate
-    ("daps", 2000, dict(steps=100, ode_steps=1, mcmc="exact"), 0.1, 0.3),  # rel 0.07/0.03, maha 0.12/0.15
-    # PnP-DM: accurate (Monte Carlo level 0.077)
-    ("pnpdm", 1000, PNPDM_KW, 0.1, 0.3),  # rel 0.03/0.02, maha 0.09/0.11
+    # DiffPIR is not an exact sampler; its mean error shrinks with steps. 0.11/0.28, 0.38/0.49; max 0.38, 0.55
+    ("diffpir", 1000, dict(steps=100), *DIFFPIR_TOL),
+    # RED-diff: mean over 200 regulariser noise draws tends to the MAP = posterior mean, with a bias that
+    # depends on the truth: 0.06/0.15, 0.18/0.28; max 0.82, 0.65 (a truth near the prior mean in the measured
+    # directions shrinks rel's denominator: only the Mahalanobis error is checked). Measuring -y instead of y
+    # scores maha 18/11, a negated likelihood 106/119
+    ("reddiff", 200, dict(steps=100), None, 0.8),
+    # with the control variate: 0.02/0.12, 0.06/0.18; max 0.41, 0.31
+    ("reddiff", 200, dict(steps=100, control_variate="auto"), 0.5, 0.4),
+    # DAPS, paper setting (5 ODE steps, Langevin), short run: 0.18/0.23, 0.60/0.47; max 0.55, 0.74
+    ("daps", 200, dict(steps=20, mcmc_steps=30), *DAPS_ODE_TOL),
+    # DAPS with x0_hat = D(x_t) and exact likelihood sampling: accurate. 0.04/0.12, 0.12/0.19; max 0.22, 0.27
+    ("daps", 2000, dict(steps=100, ode_steps=1, mcmc="exact"), 0.3, 0.35),
+    # PnP-DM: accurate (Monte Carlo level 0.077; the rest is its rho_min smoothing). 0.03/0.12, 0.13/0.22;
+    # max 0.16, 0.22
+    ("pnpdm", 1000, PNPDM_KW, 0.2, 0.3),
 ]
 
 
@@ -136,7 +133,7 @@ def test_posterior_mean(name, n, kw, rel_tol, maha_tol):
     res = run(name, n, **kw)
     rel, maha = mean_errors(res, prior, post)
     assert torch.isfinite(res.samples).all()
-    assert (rel < rel_tol).all(), f"{name}: relative mean error {rel.tolist()} (tol {rel_tol})"
+    assert rel_tol is None or (rel < rel_tol).all(), f"{name}: relative mean error {rel.tolist()} (tol {rel_tol})"
     assert (maha < maha_tol).all(), f"{name}: Mahalanobis mean error {maha.tolist()} (tol {maha_tol})"
 
 
@@ -227,8 +224,8 @@ def test_diffpir_with_flipped_data_step_fails():
     broken_op = FlippedProxMatrix(problem.operator.matrix, problem.image_shape)
     broken = Problem(broken_op, problem.y, problem.noise, problem.image_shape)
     bad = diffpir(prior, broken, steps=100, num_samples=1000, progress=False)
-    assert mean_ok(ok, prior, post, 0.2, 0.8)
-    assert not mean_ok(bad, prior, post, 0.2, 0.8)
+    assert mean_ok(ok, prior, post, *DIFFPIR_TOL)
+    assert not mean_ok(bad, prior, post, *DIFFPIR_TOL)
     assert (mean_errors(bad, prior, post)[0] > 1.0).all()
 
 
@@ -238,8 +235,8 @@ def test_daps_with_negated_likelihood_fails():
     ok = run("daps", 200, **kw)
     broken = Problem(problem.operator, problem.y, NegatedGaussian(problem.noise.sigma), problem.image_shape)
     bad = daps(prior, broken, num_samples=200, progress=False, **kw)
-    assert mean_ok(ok, prior, post, 0.3, 1.0)
-    assert not mean_ok(bad, prior, post, 0.3, 1.0)
+    assert mean_ok(ok, prior, post, *DAPS_ODE_TOL)
+    assert not mean_ok(bad, prior, post, *DAPS_ODE_TOL)
     # a negated nll is not the Gaussian likelihood: the exact (closed-form) sampler refuses it
     with pytest.raises(TypeError, match="daps"):
         daps(prior, broken, steps=2, mcmc="exact", progress=False)
@@ -347,8 +344,9 @@ def test_nonlinear_paths_agree_with_linear():
     assert float((gd.samples - lin.samples).abs().max()) < 1e-4
     kw = dict(steps=40, rho_start=2.0, rho_min=0.15, rho_decay=0.9, prior_steps=30)
     res = pnpdm(prior, nl, num_samples=200, langevin_steps=10, langevin_step=0.5, progress=False, **kw)
-    rel, maha = mean_errors(res, prior, post)  # measured rel 0.07/0.04, maha 0.23/0.20
-    assert (rel < 0.15).all() and (maha < 0.5).all(), (rel.tolist(), maha.tolist())
+    # measured 0.03/0.18, 0.13/0.35; max over 16 truth images of the problem 0.30, 0.35
+    rel, maha = mean_errors(res, prior, post)
+    assert (rel < 0.4).all() and (maha < 0.45).all(), (rel.tolist(), maha.tolist())
 
 
 def test_non_gaussian_noise_runs():

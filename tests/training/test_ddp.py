@@ -8,7 +8,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from conftest import TINY_NET, write_volumes
+from training_helpers import TINY_NET, write_volumes
 
 from sciprior.datasets.module import PriorDataModule
 from sciprior.training.module import EMA, EDMPriorModule

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config, write_config
+from training_helpers import tiny_config, write_config
 
 from sciprior.priors.checkpoint import load_checkpoint, read_config
 from sciprior.training.cli import cpu_has_native_bf16, default_precision, main_train

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_volumes
+from training_helpers import write_volumes
 
 from sciprior.datasets.module import PriorDataModule
 from sciprior.datasets.sampling import EpochSampler

@@ -14,7 +14,7 @@ Layout:
     measurement complex ``(B, C, H, W)`` centred k-space (DC at ``(H//2, W//2)``), with zeros where
                 ``mask == 0``. F is the centred orthonormal 2D FFT, so ``A^H A = I`` for a full mask
                 and maps with ``sum_c |S_c|^2 = 1``.
-Noise: :class:`~sciprior.modalities.noise.Gaussian` with ``sigma`` per real/imaginary part, in the
+Noise: :class:`~sciprior.physics.noise.Gaussian` with ``sigma`` per real/imaginary part, in the
 units of this k-space (the image's units, since F is unitary).
 """
 

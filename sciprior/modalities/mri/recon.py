@@ -1,7 +1,7 @@
 """MRI baselines (zero-filled, CG-SENSE), k-space checks and Problem builders.
 
 TV baseline: use the generic ``sciprior.solvers.classical.tv_pdhg(problem, lam=...)``; it only needs
-``problem.operator`` to be a :class:`~sciprior.modalities.base.LinearOperator` with an exact adjoint,
+``problem.operator`` to be a :class:`~sciprior.physics.operator.LinearOperator` with an exact adjoint,
 which :class:`MultiCoilMRI` is (TV then acts on the real 2-channel image).
 """
 
