@@ -1,5 +1,5 @@
 """3D volumes with a 2D prior: SliceStackOperator, the z-difference operator, dds_volume (NIfTI volumes end to end:
-tests/test_reconstruct.py)."""
+tests/app/test_reconstruct.py)."""
 
 from __future__ import annotations
 

@@ -2,9 +2,9 @@
 the device count, atomic outputs and resume after SIGKILL, contained failures, input errors naming the
 path, the summary, the config entry point and the example script.
 
-The per-input work is a real tiny posterior problem (tests/batch_helpers.py: Gaussian prior, masked
+The per-input work is a real tiny posterior problem (tests/app/batch_helpers.py: Gaussian prior, masked
 noisy measurement, a few DiffPIR steps with an autograd data step). DDP and the killed run start
-tests/batch_helpers.py as a subprocess (Lightning relaunches it once per extra rank).
+tests/app/batch_helpers.py as a subprocess (Lightning relaunches it once per extra rank).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from sciprior.app.batch.cli import main, parse_config
 from sciprior.io.atomic import TMP_PREFIX, atomic_write
 
 HELPER = Path(h.__file__).resolve()
-REPO = HELPER.parents[1]
+REPO = HELPER.parents[2]
 N = 7
 TARGET = "batch_helpers:process_item"
 

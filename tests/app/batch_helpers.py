@@ -1,4 +1,4 @@
-"""Helpers of tests/test_batch.py: a tiny real posterior problem as a ``process_item``, and a script
+"""Helpers of tests/app/test_batch.py: a tiny real posterior problem as a ``process_item``, and a script
 entry point so the batch engine can be started in a subprocess (DDP relaunches it once per extra rank).
 
 Problem: x ~ GaussianPrior on (1, 8, 8) images (exponential covariance), y = M x + N(0, 0.1^2) with
@@ -9,7 +9,7 @@ comes from autograd, re-noise to the next sigma.
 
 Run as a script::
 
-    python tests/batch_helpers.py --inputs 'dir/*.npy' --out out --devices 2 --strategy ddp [--log calls.txt]
+    python tests/app/batch_helpers.py --inputs 'dir/*.npy' --out out --devices 2 --strategy ddp [--log calls.txt]
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from sciprior.physics.testing import check_adjoint, load_examples
 from sciprior.priors.checkpoint import read_config
 from sciprior.training.cli import main_train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "docs" / "examples" / "toy_microscope"
 
 
