@@ -256,12 +256,6 @@ def cut_stack(grid: VolumeGrid, slices: Slices, image_size: int | tuple[int, int
     return ImageStack(data, grid, pg, stack)
 
 
-def planned_size(plane: tuple[int, int], image_size: int | tuple[int, int] | None,
-                 pad_to_square: bool) -> tuple[int, int]:
-    """``(H, W)`` that :func:`fit_planes` produces for an input plane of size ``plane``."""
-    return target_size(image_size, plane)
-
-
 def planned_depth(num_slices: int, slices: Slices) -> int | None:
     """Depth of the problem for ``slices`` of a volume with ``num_slices`` slices (None: one 2D slice)."""
     if slices == "middle" or (isinstance(slices, int) and not isinstance(slices, bool)):

@@ -41,8 +41,7 @@ class Identity(LinearOperator):
         g = _as_batch_scalar(gamma, z)
         return (z + g * y) / (1 + g)
 
-    def svd(self):
-        return None
+    # no svd(): its factors are dense d x d identities; solvers that need an SVD special-case Identity
 
 
 def _as_batch_scalar(gamma: float | Tensor, ref: Tensor) -> Tensor | float:

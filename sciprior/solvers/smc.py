@@ -138,7 +138,8 @@ def _operator_svd(problem: Problem) -> tuple[Tensor, Tensor, Tensor] | None:
     except NotImplementedError:
         return None
     if not (isinstance(f, tuple) and len(f) == 3 and all(isinstance(t, Tensor) for t in f)):
-        return None
+        raise TypeError(f"smc (MCGdiff): {op.name}.svd() returned {type(f).__name__}; expected a tuple (U, s, Vh) "
+                        "of tensors (or NotImplementedError when there is no closed form)")
     u, s, w = f
     if u.is_complex() or w.is_complex():
         return None

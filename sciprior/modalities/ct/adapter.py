@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from sciprior.io.dicom import dicom_shape
-from sciprior.io.grid import ImageStack, Slices, VolumeGrid, cut_stack, planned_depth, planned_size
+from sciprior.io.grid import ImageStack, Slices, VolumeGrid, cut_stack, planned_depth, target_size
 from sciprior.io.nifti import nifti_shape, read_nifti
 from sciprior.io.paths import InputError
 from sciprior.modalities.adapter import Context, ModalityAdapter, key, stack_problem, write_stack_nifti
@@ -162,7 +162,7 @@ class CTAdapter(ModalityAdapter):
     def image_shape(self, input: str) -> tuple[int, ...]:
         kind, paths = self.resolve(input)
         x, y, n = nifti_shape(paths[0]) if kind == "nifti" else dicom_shape(paths)
-        h, w = planned_size((y, x), self.image_size, self.pad_to_square)
+        h, w = target_size(self.image_size, (y, x))
         d = planned_depth(n, self.slices)
         return (1, h, w) if d is None else (1, d, h, w)
 

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sciprior.io.grid import ImageStack, Slices, VolumeGrid, cut_stack, planned_depth, planned_size, select_slices
+from sciprior.io.grid import ImageStack, Slices, VolumeGrid, cut_stack, planned_depth, select_slices, target_size
 from sciprior.io.nifti import nifti_shape, read_nifti
 from sciprior.io.paths import InputError
 from sciprior.modalities.adapter import (
@@ -172,7 +172,7 @@ class MRIAdapter(ModalityAdapter):
             self._check_kspace_size((h, w), paths[0])
         else:
             x, y, n = nifti_shape(paths[0])
-            h, w = planned_size((y, x), self.image_size, self.pad_to_square)
+            h, w = target_size(self.image_size, (y, x))
         d = planned_depth(n, self.slices)
         return (self.channels, h, w) if d is None else (self.channels, d, h, w)
 

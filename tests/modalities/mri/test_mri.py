@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sciprior.modalities import mri
+from sciprior.modalities import get, mri
 from sciprior.modalities.mri import (
     MultiCoilMRI,
     SingleCoilMRI,
@@ -30,7 +30,7 @@ from sciprior.modalities.mri import (
     zero_filled_rss,
 )
 from sciprior.physics.operator import operator_matrix
-from sciprior.physics.testing import EXAMPLES, check_adjoint
+from sciprior.physics.testing import check_adjoint, load_examples
 
 
 def _cplx(shape, seed, dtype=torch.complex64):
@@ -87,10 +87,11 @@ def test_forward_is_masked_centred_fft_of_coil_images(shape):
 
 
 def test_mri_operators_are_registered_and_adjoint():
-    names = [n for n in EXAMPLES if n.startswith("mri_")]
+    examples = load_examples([get("mri").examples])
+    names = [n for n in examples if n.startswith("mri_")]
     assert len(names) >= 3
     for n in names:
-        assert check_adjoint(EXAMPLES[n]()) < 1e-5, n
+        assert check_adjoint(examples[n]()) < 1e-5, n
 
 
 def test_full_sampling_with_normalised_maps_is_an_isometry():
