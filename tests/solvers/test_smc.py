@@ -309,6 +309,11 @@ class _WrongSVD(MatrixOperator):
         return u, 2 * s, vh
 
 
+class _ListSVD(MatrixOperator):
+    def svd(self):
+        return list(torch.linalg.svd(self.matrix, full_matrices=False))
+
+
 class _NoSVD(LinearOperator):
     def __init__(self, matrix, in_shape):
         super().__init__(in_shape, (matrix.shape[0],))
@@ -350,6 +355,8 @@ def test_svd_system_errors():
     a = torch.randn(3, 8, generator=g, dtype=torch.float64)
     with pytest.raises(ValueError, match="do not reproduce"):
         svd_system(_problem(_WrongSVD(a, (1, 8)), (1, 8)))
+    with pytest.raises(TypeError, match=r"_ListSVD.*svd\(\) returned list; expected a tuple \(U, s, Vh\)"):
+        svd_system(_problem(_ListSVD(a, (1, 8)), (1, 8)))
     with pytest.raises(TypeError, match="max_dense_dim"):
         svd_system(_problem(_NoSVD(a, (1, 8)), (1, 8)), max_dense_dim=4)
     op = MatrixOperator(a, (1, 8))
