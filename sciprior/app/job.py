@@ -19,7 +19,15 @@ DEFAULT_SOLVER = "dds"
 
 
 class ConfigError(ValueError):
-    """An invalid reconstruction config; the message names the key (and file) at fault."""
+    """An invalid reconstruction config; the message names the key (and file) at fault.
+
+    ``key``: the config key at fault when it is known (``"input"`` for a problem with the input file itself, so
+    that a batch can tell a bad input, recorded as that item's failure, from a bad config, which stops the batch).
+    """
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
 
 
 # ---------------------------------------------------------------------------------------------

@@ -59,8 +59,8 @@ def validate(job: Job) -> Job:
     job.solver_settings = {**job.solver_settings}
     try:
         adapter.check_input(job.input, "input")
-    except (FileNotFoundError, ValueError) as e:
-        raise ConfigError(str(e)) from e
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise ConfigError(str(e), key="input") from e
     path = cfg = None
     if job.prior.checkpoint is None:
         if not is_classical(job.solver):
@@ -75,7 +75,7 @@ def validate(job: Job) -> Job:
     try:
         shape = tuple(adapter.image_shape(job.input))
     except (FileNotFoundError, ValueError, OSError) as e:
-        raise ConfigError(f"input: {e}") from e
+        raise ConfigError(f"input: {e}", key="input") from e
     keys = CoverKeys(channels=adapter.channels_key, image_size=f"{SECTION}.image_size", slices=f"{SECTION}.slices")
     try:
         job.plan = plan_cover(job.prior, path, cfg, shape, adapter.axes(shape), keys)
