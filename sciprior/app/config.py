@@ -18,7 +18,8 @@ Config schema (YAML; every key is also a ``--key value`` command-line override):
     num_samples: 1                 # posterior samples (std map with > 1)
     seed: 0
     device: auto                   # auto | cpu | cuda | cuda:1 ...
-    output_dir: outputs/run
+    output_dir: outputs/run        # must be new, empty, or an earlier run's output (replaced only with overwrite)
+    overwrite: false
     progress: true
 
 The ``modality`` and ``solver`` sections work the same way: ``name`` picks a registered thing, the other keys
@@ -39,7 +40,6 @@ import os
 import re
 import warnings
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -59,6 +59,7 @@ from sciprior.app.job import (
     solver_keys,
 )
 from sciprior.app.validate import resolve_checkpoint, resolve_device, validate
+from sciprior.io.yamlfiles import YAMLFileError, load_yaml
 from sciprior.modalities.adapter import SECTION
 
 # ---------------------------------------------------------------------------------------------
@@ -144,20 +145,33 @@ def build_parser(modality: str | None, solver: str = DEFAULT_SOLVER, exit_on_err
     parser.add_argument("--progress", type=bool, default=True, help="show a progress bar while sampling")
     parser.add_argument("--baseline", type=bool, default=True, help="also compute the classical baseline")
     parser.add_argument("--report", type=bool, default=True, help="write report.json and report.png")
+    parser.add_argument("--overwrite", type=bool, default=False,
+                        help="replace output_dir when it holds the results of an earlier run")
     return parser
 
 
 def _load_yaml(path: str | os.PathLike, key: str) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{key}: no such file {str(p)!r}")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{key}: {p} is not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"{key}: {p} must hold a mapping, got {type(data).__name__}")
+        data = load_yaml(path, key)
+    except YAMLFileError as e:
+        raise ConfigError(str(e), key=key) from None
+    refuse_code(data, str(path))
     return data
+
+
+def refuse_code(data: Any, where: str, path: str = "") -> None:
+    """Refuse ``class_path`` / ``init_args`` anywhere but in the old modality section (which is translated to a
+    registered name without importing anything): a config never names code."""
+    if isinstance(data, Mapping):
+        for k, v in data.items():
+            here = f"{path}.{k}" if path else str(k)
+            if k in ("class_path", "init_args") and path != SECTION:
+                raise ConfigError(f"{here}: configs never name code ({where}); sections name registered things "
+                                  f"(modality.name, solver.name)", key=here)
+            refuse_code(v, where, here)
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            refuse_code(v, where, f"{path}[{i}]")
 
 
 def section_name(data: Any, section: str) -> str | None:
@@ -296,6 +310,7 @@ def parse_config(config: str | os.PathLike | Mapping[str, Any] | None = None,
         data: dict[str, Any] = {}
     elif isinstance(config, Mapping):
         data = copy.deepcopy(dict(config))
+        refuse_code(data, "config")
     else:
         data = _load_yaml(config, "config")
     data = translate_legacy(data)
@@ -306,6 +321,7 @@ def parse_config(config: str | os.PathLike | Mapping[str, Any] | None = None,
                 not any(str(k).startswith(f"{section}.") and not str(k).endswith(".name") for k in (overrides or {})):
             data = {**data, section: {}}
     data = _merge(data, extra)
+    refuse_code(data, "config and overrides")
     modality, solver = _names(data)
     parser = build_parser(modality, solver)
     try:
@@ -332,7 +348,8 @@ def _job_from_namespace(parser, ns, modality: str, solver: str) -> Job:
     settings = {k: (tuple(v) if isinstance(v, list) else v) for k, v in settings.items()}
     job = Job(modality=adapter, input=init.input, prior=init.prior, solver=solver, solver_settings=settings,
               num_samples=init.num_samples, seed=init.seed, device=init.device, output_dir=init.output_dir,
-              progress=init.progress, baseline=init.baseline, report=init.report, config=echo)
+              progress=init.progress, baseline=init.baseline, report=init.report, overwrite=init.overwrite,
+              config=echo)
     validate(job)
     return job
 

@@ -83,6 +83,7 @@ class Job:
     progress: bool = True
     baseline: bool = True
     report: bool = True
+    overwrite: bool = False
     plan: CoverPlan | None = None
     config: dict[str, Any] = field(default_factory=dict)
 

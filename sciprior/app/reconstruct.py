@@ -28,6 +28,7 @@ or with the objects themselves (``output_dir=None`` writes nothing and only retu
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import sys
@@ -57,6 +58,7 @@ from sciprior.app.config import (
     validate,
 )
 from sciprior.app.report import build_report, write_figure, write_report
+from sciprior.io.outdir import OutputDirError, StagedOutput, planned_names
 from sciprior.io.paths import InputError
 from sciprior.modalities.adapter import Context, ModalityAdapter
 from sciprior.physics.problem import Problem
@@ -123,10 +125,38 @@ def _call_solver(job: Job, denoiser: Denoiser | None, problem: Problem):
     return fn(denoiser, problem, num_samples=job.num_samples, seeds=[job.seed] * problem.batch_size, **kwargs)
 
 
+class NonFiniteResultError(RuntimeError):
+    """The solver returned NaN or Inf values (nothing is written)."""
+
+
+def check_finite(result, job: Job) -> None:
+    """Refuse a result with NaN/Inf values before anything is written, naming the likely causes."""
+    for what in ("mean", "samples", "std"):
+        t = getattr(result, what, None)
+        if t is None:
+            continue
+        bad = int((~torch.isfinite(t)).sum())
+        if bad:
+            ckpt = job.plan.path if job.plan is not None else None
+            raise NonFiniteResultError(
+                f"solver {job.solver!r} returned {bad} NaN/Inf value(s) of {t.numel()} in its {what}; nothing was "
+                f"written. Check the prior checkpoint ({ckpt}) and the solver settings "
+                f"({', '.join(f'{k}={v}' for k, v in job.solver_settings.items()) or 'defaults'})")
+
+
 def run(job: Job) -> ReconstructionOutput:
-    """Run a validated job: load the prior and the input, solve, write the outputs and the report."""
+    """Run a validated job: load the prior and the input, solve, write the outputs and the report.
+
+    The outputs are written into a staging directory and committed to ``job.output_dir`` as a whole after
+    everything succeeded (:class:`~sciprior.io.outdir.StagedOutput`): an error at any point leaves no file."""
     if job.plan is None:
         validate(job)
+    staged = StagedOutput(job.output_dir, "output_dir", job.overwrite) if job.output_dir is not None else None
+    with staged if staged is not None else contextlib.nullcontext():  # the directory is checked and created first
+        return _run(job, staged)
+
+
+def _run(job: Job, staged: StagedOutput | None) -> ReconstructionOutput:
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     device = resolve_device(job.device)
@@ -153,21 +183,31 @@ def run(job: Job) -> ReconstructionOutput:
     t = time.perf_counter()
     result = _call_solver(job, denoiser, problem)
     timings["solve"] = time.perf_counter() - t
+    check_finite(result, job)
 
     physical = adapter.to_physical(result.mean, context)
-    files: list[Path] = []
-    if job.output_dir is not None:
+    staged_files: list[Path] = []
+    if staged is not None:
         t = time.perf_counter()
-        files = list(adapter.write(result, context, Path(job.output_dir)))
+        staged_files = list(adapter.write(result, context, staged.path))
         timings["write"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
 
-    report = build_report(job, problem, context, result, baseline, timings, files, device)
-    if job.output_dir is not None and job.report:
-        t = time.perf_counter()
-        files += write_report(report, Path(job.output_dir))
-        files.append(write_figure(job, adapter, problem, context, result, baseline, report, Path(job.output_dir)))
-        report["timings_s"]["report"] = time.perf_counter() - t
+    outputs: list[Path] = []
+    if staged is not None:
+        names = [str(staged.final(f).relative_to(staged.target)) for f in staged_files]
+        if job.report:
+            names += ["report.json", "report.png"]
+        outputs = [staged.target / n for n in planned_names(names)]
+    report = build_report(job, problem, context, result, baseline, timings, outputs, device)
+    files: list[Path] = []
+    if staged is not None:
+        if job.report:
+            t = time.perf_counter()
+            write_figure(job, adapter, problem, context, result, baseline, report, staged.path)
+            report["timings_s"]["report"] = round(time.perf_counter() - t, 4)
+            write_report(report, staged.path)
+        files = staged.commit({"input": job.input, "solver": job.solver})
     return ReconstructionOutput(result, problem, context, physical, baseline, report, files)
 
 
@@ -181,12 +221,13 @@ def reconstruct(config: str | os.PathLike | Mapping[str, Any], overrides: Mappin
 def run_reconstruction(modality: ModalityAdapter, input: str, prior: PriorSpec | str | None = None,
                        solver: str = DEFAULT_SOLVER, solver_settings: Mapping[str, Any] | None = None, *,
                        num_samples: int = 1, seed: int = 0, device: str = "auto", output_dir: str | None = None,
-                       progress: bool = True, baseline: bool = True, report: bool = True) -> ReconstructionOutput:
+                       progress: bool = True, baseline: bool = True, report: bool = True,
+                       overwrite: bool = False) -> ReconstructionOutput:
     """The same as :func:`reconstruct` with the objects built in Python (settings validated the same way)."""
     spec = prior if isinstance(prior, PriorSpec) else PriorSpec(checkpoint=prior)
     settings = check_solver_settings(solver, solver_settings or {})
     job = Job(modality, input, spec, solver, settings, num_samples, seed, device,
-              None if output_dir is None else str(output_dir), progress, baseline, report,
+              None if output_dir is None else str(output_dir), progress, baseline, report, overwrite,
               config={"modality": {"name": modality.name},
                       "input": input, "prior": vars(spec), "solver": {"name": solver, **settings},
                       "num_samples": num_samples, "seed": seed, "device": device, "output_dir": output_dir})
@@ -229,7 +270,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         out = run(job)
-    except InputError as e:  # the data turned out unusable (e.g. the noise level cannot be estimated)
+    except OutputDirError as e:  # the output directory changed since the check (before any compute)
+        print(f"sciprior reconstruct: error: {e}", file=sys.stderr)
+        return 2
+    except (InputError, NonFiniteResultError) as e:  # the data or the result turned out unusable; nothing written
         print(f"sciprior reconstruct: error: {e}", file=sys.stderr)
         return 1
     r = out.report
@@ -248,5 +292,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["ConfigError", "Job", "PriorSpec", "ReconstructionOutput", "load_prior", "main", "parse_args",
-           "parse_config", "reconstruct", "run", "run_reconstruction", "validate"]
+__all__ = ["ConfigError", "Job", "NonFiniteResultError", "PriorSpec", "ReconstructionOutput", "check_finite",
+           "load_prior", "main", "parse_args", "parse_config", "reconstruct", "run", "run_reconstruction", "validate"]

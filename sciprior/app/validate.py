@@ -9,6 +9,7 @@ import torch
 
 from sciprior import modalities
 from sciprior.app.job import ConfigError, Job, is_classical, solver_function
+from sciprior.io.outdir import OutputDirError, check_output_dir
 from sciprior.modalities.adapter import SECTION, ModalityAdapter
 from sciprior.priors.checkpoint import read_config
 from sciprior.priors.cover import CoverError, CoverKeys, plan_cover
@@ -85,10 +86,10 @@ def validate(job: Job) -> Job:
         msg = adapter.check_trained_domain(modalities.trained_reader((cfg.get("metadata") or {}).get("data")))
         if msg:
             raise ConfigError(f"{msg} (prior.checkpoint {path})")
-    if job.output_dir is not None:
-        out = Path(job.output_dir)
-        if out.exists() and not out.is_dir():
-            raise ConfigError(f"output_dir: {str(out)!r} exists and is not a directory")
+    try:
+        check_output_dir(job.output_dir, "output_dir", job.overwrite)
+    except OutputDirError as e:
+        raise ConfigError(str(e), key="output_dir") from e
     return job
 
 

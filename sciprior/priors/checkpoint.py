@@ -5,7 +5,8 @@ A checkpoint is a directory::
     CKPT/
       model.safetensors   the network's state dict (safetensors; the config is also embedded in its
                           metadata under "sciprior", so the file alone is enough to rebuild)
-      config.yaml         the resolved config: format, denoiser settings, network builder kwargs
+      config.yaml         the resolved config: format, denoiser settings, network builder kwargs, and
+                          ``weights_sha256``, the SHA-256 of model.safetensors recorded at export
 
 ``dtype`` in the config is the dtype the network runs in; ``storage_dtype`` (when present) the
 floating dtype its tensors are stored in. Storing a float32 network as float16 halves the file
@@ -15,11 +16,18 @@ Loading rebuilds the network with :func:`~sciprior.priors.networks.build_unet` f
 (validated: unknown keys are rejected with their name) and loads the tensors with
 ``safetensors.torch``; nothing is unpickled and no code named in the file is run. Files are
 written atomically (temp file, then rename).
+
+Loading checks, each failing with a :class:`CheckpointError` that names the file: the config is plain YAML
+(:func:`sciprior.io.yamlfiles.load_yaml`: no tags, no duplicate keys); the weights file is a complete safetensors
+file (a pickle, a Lightning ``.ckpt`` or a truncated file is refused, never unpickled); its SHA-256 matches the
+``weights_sha256`` recorded at export (bytes changed after export); every tensor matches the network the config
+builds (names, shapes, stored dtype); and every weight is finite.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import inspect
 import json
 import os
@@ -33,6 +41,7 @@ from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 
 from sciprior.io import atomic_write
+from sciprior.io.yamlfiles import YAMLFileError, load_yaml
 from sciprior.priors.edm import EDMDenoiser
 from sciprior.priors.networks import build_unet, unet_config
 
@@ -41,6 +50,39 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
 _DENOISER_KEYS = ("sigma_data", "sigma_min", "sigma_max", "image_shape", "P_mean", "P_std")
 STORAGE_DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded as it is; the message names the file and what is wrong with it."""
+
+
+def weights_sha256(file: str | os.PathLike) -> str:
+    """Hex SHA-256 of a weights file (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+_PICKLE_OR_ZIP = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+
+
+def _open_weights(file: Path):
+    """``safe_open`` of a safetensors file, with errors that name it (a pickle or a torch zip is recognised)."""
+    if not file.is_file():
+        raise CheckpointError(f"load_checkpoint: {file} does not exist or is not a regular file")
+    with open(file, "rb") as f:
+        head = f.read(8)
+    if head.startswith(_PICKLE_OR_ZIP):
+        raise CheckpointError(f"load_checkpoint: {file} is a pickle / torch.save (or Lightning .ckpt) file, not "
+                              "safetensors; sciprior never unpickles a checkpoint (export priors with "
+                              "`sciprior train` or save_checkpoint)")
+    try:
+        return safe_open(str(file), framework="pt")
+    except Exception as e:  # safetensors raises SafetensorError (not a subclass of a standard error)
+        raise CheckpointError(f"load_checkpoint: {file} is not a valid safetensors file (truncated or corrupt): "
+                              f"{e}") from None
 
 
 def _float_dtype(name: str | torch.dtype, what: str) -> torch.dtype:
@@ -102,6 +144,7 @@ def save_checkpoint(denoiser: EDMDenoiser, path: str | os.PathLike, *,
         raise ValueError(f"save_checkpoint: config is not plain data (check metadata): {e}") from e
     path.mkdir(parents=True, exist_ok=True)
     atomic_write(path / WEIGHTS, lambda tmp: save_model(net, tmp, metadata={"sciprior": meta_json}))
+    text += yaml.safe_dump({"weights_sha256": weights_sha256(path / WEIGHTS)})
     atomic_write(path / CONFIG, lambda tmp: Path(tmp).write_text(text))
     return path
 
@@ -112,7 +155,10 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     if path.is_dir():
         f = path / CONFIG
         if f.exists():
-            cfg = yaml.safe_load(f.read_text())
+            try:
+                cfg = load_yaml(f, "")
+            except YAMLFileError as e:
+                raise CheckpointError(f"load_checkpoint: {e}") from None
         else:
             cfg = _embedded_config(path / WEIGHTS)
     elif path.suffix == ".safetensors":
@@ -122,32 +168,46 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
                                 "nor a .safetensors file")
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
         got = cfg.get("format") if isinstance(cfg, dict) else type(cfg).__name__
-        raise ValueError(f"load_checkpoint: {path}: unsupported checkpoint format {got!r} "
-                         f"(expected {FORMAT!r})")
+        raise CheckpointError(f"load_checkpoint: {path}: unsupported checkpoint format {got!r} "
+                              f"(expected {FORMAT!r})")
     for key in ("denoiser", "network"):
         if not isinstance(cfg.get(key), dict):
-            raise ValueError(f"load_checkpoint: {path}: config key {key!r} is missing or not a mapping")
+            raise CheckpointError(f"load_checkpoint: {path}: config key {key!r} is missing or not a mapping")
     return cfg
 
 
 def _embedded_config(file: Path) -> dict[str, Any]:
     if not file.exists():
         raise FileNotFoundError(f"load_checkpoint: {file} does not exist")
-    with safe_open(str(file), framework="pt") as f:
+    with _open_weights(file) as f:
         meta = f.metadata() or {}
     if "sciprior" not in meta:
-        raise ValueError(f"load_checkpoint: {file} has no embedded sciprior config and no {CONFIG} beside it")
-    return json.loads(meta["sciprior"])
+        raise CheckpointError(f"load_checkpoint: {file} has no embedded sciprior config and no {CONFIG} beside it")
+    try:
+        return json.loads(meta["sciprior"])
+    except ValueError as e:
+        raise CheckpointError(f"load_checkpoint: {file}: its embedded sciprior config is not JSON: {e}") from None
 
 
 def _check_stored_dtype(weights: Path, stored: torch.dtype) -> None:
     """The floating tensors of ``weights`` must be in the dtype the config says they are stored in."""
-    with safe_open(str(weights), framework="pt") as f:
+    with _open_weights(weights) as f:
         for key in f.keys():
             got = f.get_slice(key).get_dtype()
             if got in ("F16", "BF16", "F32", "F64") and got != _SAFETENSORS_NAMES[stored]:
-                raise ValueError(f"load_checkpoint: {weights}: tensor {key!r} is stored as {got}, the config "
-                                 f"says {str(stored).removeprefix('torch.')}")
+                raise CheckpointError(f"load_checkpoint: {weights}: tensor {key!r} is stored as {got}, the config "
+                                      f"says {str(stored).removeprefix('torch.')}")
+
+
+def _check_checksum(weights: Path, cfg: dict[str, Any], where: Path) -> None:
+    want = cfg.get("weights_sha256")
+    if want is None:
+        return
+    got = weights_sha256(weights)
+    if got != want:
+        raise CheckpointError(f"load_checkpoint: {weights}: the weights do not match the SHA-256 recorded at export "
+                              f"in {where / CONFIG} ({got[:16]}... != {str(want)[:16]}...): the file was changed or "
+                              "corrupted after export")
 
 
 _SAFETENSORS_NAMES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.float64: "F64"}
@@ -166,24 +226,37 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     weights = path / WEIGHTS if path.is_dir() else path
     net_section = cfg["network"]
     if net_section.get("builder") != "build_unet":
-        raise ValueError(f"load_checkpoint: {path}: unknown network builder {net_section.get('builder')!r}")
+        raise CheckpointError(f"load_checkpoint: {path}: unknown network builder {net_section.get('builder')!r}")
     kwargs = net_section.get("kwargs") or {}
     allowed = set(inspect.signature(build_unet).parameters)
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
-        raise ValueError(f"load_checkpoint: {path}: unknown network config keys {unknown} "
+        raise CheckpointError(f"load_checkpoint: {path}: unknown network config keys {unknown} "
                          f"(build_unet accepts {sorted(allowed)})")
     den = cfg["denoiser"]
     unknown = sorted(set(den) - set(_DENOISER_KEYS))
     if unknown:
-        raise ValueError(f"load_checkpoint: {path}: unknown denoiser config keys {unknown}")
-    net = build_unet(**kwargs)
+        raise CheckpointError(f"load_checkpoint: {path}: unknown denoiser config keys {unknown}")
+    if path.is_dir():
+        _check_checksum(weights, cfg, path)
+    try:
+        net = build_unet(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"load_checkpoint: {path}: its network config does not build a network: {e}") from None
     saved = cfg.get("dtype", "float32")
     net = net.to(dtype=_float_dtype(saved, f"load_checkpoint: {path}: dtype"))
     stored = _float_dtype(cfg.get("storage_dtype", saved), f"load_checkpoint: {path}: storage_dtype")
     _check_stored_dtype(weights, stored)
     # load_state_dict copies each stored tensor into the network's parameter: float16 -> float32 here
-    load_model(net, str(weights), strict=True, device=str(map_location))
+    try:
+        load_model(net, str(weights), strict=True, device=str(map_location))
+    except Exception as e:  # missing / unexpected / mis-shaped tensors (RuntimeError), safetensors errors
+        raise CheckpointError(f"load_checkpoint: {weights} does not hold the weights of the network its config "
+                              f"describes: {str(e).strip()[:500]}") from None
+    bad = [name for name, t in net.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise CheckpointError(f"load_checkpoint: {weights}: {len(bad)} tensor(s) hold NaN/Inf values "
+                              f"({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''})")
     net = net.to(device=map_location)
     if dtype is not None:
         net = net.to(dtype=dtype)

@@ -148,7 +148,8 @@ def test_solver_settings_are_checked_against_the_signature():
 
 
 def _no_temp_files(out: Path) -> bool:
-    return not [p.name for p in out.iterdir() if p.name.startswith(".") or ".tmp" in p.name]
+    here = [p.name for p in [*out.iterdir(), *out.parent.iterdir()]]
+    return not [n for n in here if n.startswith(".tmp") or ".tmp-" in n]
 
 
 def test_ct_sparse_view_end_to_end_on_the_real_head_ct(priors, tmp_path):
@@ -159,9 +160,12 @@ def test_ct_sparse_view_end_to_end_on_the_real_head_ct(priors, tmp_path):
     cfg = tmp_path / "ct.yaml"
     cfg.write_text(json.dumps(ct_config(priors["1x64"], out)))
     assert main([str(cfg), "--solver.steps", "5", "--num_samples", "2"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["reconstruction.nii.gz", "report.json", "report.png",
-                                                     "std.nii.gz"]
+    names = [".sciprior-run.json", "reconstruction.nii.gz", "report.json", "report.png", "std.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == names
     assert _no_temp_files(out)
+    # report.json and the manifest list every file of the run
+    assert sorted(Path(f).name for f in json.loads((out / "report.json").read_text())["outputs"]) == names
+    assert json.loads((out / ".sciprior-run.json").read_text())["files"] == names[1:] + names[:1]
     # NIfTI on the 64 x 64 grid of the 512 x 512 DICOM slice: spacing x8, same world coordinates
     dcm = read_ct_series(ct_head_paths())
     img = nib.load(out / "reconstruction.nii.gz")
@@ -235,7 +239,8 @@ def test_mri_from_fastmri_kspace_writes_the_fastmri_layout(priors, tmp_path):
                        "input": str(src), "prior": {"checkpoint": str(priors["1x64"])},
                        "solver": {"name": "dds", "steps": 3}, "device": "cpu", "progress": False,
                        "output_dir": str(out)})
-    assert sorted(p.name for p in out.iterdir()) == ["file1000001.h5", "report.json", "report.png"]
+    assert sorted(p.name for p in out.iterdir()) == [".sciprior-run.json", "file1000001.h5", "report.json",
+                                                     "report.png"]
     vol = read_fastmri(out / "file1000001.h5")
     assert vol.reconstruction_key == "reconstruction_rss" and vol.reconstruction.shape == (1, 48, 48)
     mask = vol.mask

@@ -90,8 +90,8 @@ def test_train_and_reconstruct_a_plugin_modality(site, tmp_path):
                          capture_output=True, text=True, env=env, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["reconstruction.npy", "reconstruction.png", "report.json",
-                                                     "report.png"]
+    assert sorted(p.name for p in out.iterdir()) == [".sciprior-run.json", "reconstruction.npy", "reconstruction.png",
+                                                     "report.json", "report.png"]
     report = json.loads((out / "report.json").read_text())
     assert report["modality"]["modality"] == "toy" and report["prior"]["wrap"] == "patch"
     assert report["prior"]["trained_domain"]["modality"] == "toy"

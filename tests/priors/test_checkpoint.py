@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 
@@ -10,7 +11,7 @@ import torch
 import yaml
 from torch import nn
 
-from sciprior.priors.checkpoint import CONFIG, WEIGHTS, load_checkpoint, read_config, save_checkpoint
+from sciprior.priors.checkpoint import CONFIG, WEIGHTS, CheckpointError, load_checkpoint, read_config, save_checkpoint
 from sciprior.priors.edm import EDMDenoiser
 from sciprior.priors.networks import build_unet
 
@@ -51,7 +52,8 @@ def test_round_trip(tmp_path, dtype, spatial_dims):
     assert cfg["network"]["kwargs"]["spatial_dims"] == spatial_dims
     assert cfg["metadata"] == {"normalisation": {"scale": 2.5}, "steps": 10}
     assert cfg["dtype"] == str(dtype).removeprefix("torch.")
-    # the bare weights file carries the same config and is enough on its own
+    # config.yaml records the weights' SHA-256; the bare weights file carries the rest and is enough on its own
+    assert cfg.pop("weights_sha256") == hashlib.sha256((path / WEIGHTS).read_bytes()).hexdigest()
     assert read_config(path / WEIGHTS) == cfg
     alone = load_checkpoint(path / WEIGHTS, dtype=torch.float64)
     assert next(alone.net.parameters()).dtype == torch.float64
@@ -103,7 +105,7 @@ def test_load_rejects_bad_configs(tmp_path):
         load_checkpoint(path)
     # weights that do not fit the configured network are refused (strict loading)
     write({**cfg, "network": {**cfg["network"], "kwargs": {**cfg["network"]["kwargs"], "channels": [8, 24]}}})
-    with pytest.raises(RuntimeError):
+    with pytest.raises(CheckpointError, match=r"(?s)model.safetensors does not hold the weights .*size mismatch"):
         load_checkpoint(path)
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path / "nothing.bin")

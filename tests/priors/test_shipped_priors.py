@@ -13,6 +13,7 @@ the reason, when a prior has not been trained and exported yet.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 import sys
@@ -54,6 +55,8 @@ def test_shipped_prior_rebuilds_without_pickled_code(name: str, monkeypatch: pyt
     assert cfg["format"] == FORMAT
     with safe_open(str(path / WEIGHTS), framework="pt") as f:
         embedded = json.loads((f.metadata() or {})["sciprior"])
+    # config.yaml records the SHA-256 of the weights it was exported with; the rest is embedded in the weights
+    assert cfg.pop("weights_sha256") == hashlib.sha256((path / WEIGHTS).read_bytes()).hexdigest()
     assert embedded == cfg, "the config embedded in model.safetensors differs from config.yaml"
 
     def refuse(*args, **kwargs):
