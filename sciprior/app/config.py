@@ -61,6 +61,7 @@ from sciprior.app.job import (
 from sciprior.app.validate import resolve_checkpoint, resolve_device, validate
 from sciprior.io.yamlfiles import YAMLFileError, load_yaml
 from sciprior.modalities.adapter import SECTION
+from sciprior.ranges import PositiveInt
 
 # ---------------------------------------------------------------------------------------------
 # The old spelling of the modality section (read, never imported)
@@ -138,7 +139,7 @@ def build_parser(modality: str | None, solver: str = DEFAULT_SOLVER, exit_on_err
     parser.add_class_arguments(PriorSpec, "prior")
     parser.add_argument("--solver.name", type=str, default=DEFAULT_SOLVER, help="solver (sciprior info lists them)")
     parser.add_function_arguments(fn, "solver", skip=set(RUNNER_ARGS) & set(inspect.signature(fn).parameters))
-    parser.add_argument("--num_samples", type=int, default=1, help="posterior samples (std map when > 1)")
+    parser.add_argument("--num_samples", type=PositiveInt, default=1, help="posterior samples (std map when > 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the solver's noise")
     parser.add_argument("--device", type=str, default="auto", help="auto | cpu | cuda | cuda:N | mps")
     parser.add_argument("--output_dir", type=str | None, default=None, help="directory for the outputs and report")
@@ -248,7 +249,30 @@ def _friendly(e: Exception, modality: str | None, solver: str) -> ConfigError:
             what = f"the {name} modality" if section == SECTION else f"solver {name!r}"
             return ConfigError(f"{section}.{m.group(1)}: unknown setting for {what}; it accepts: "
                                f"{', '.join(['name', *keys(name)])}  ({msg})")
-    return ConfigError(f"invalid reconstruction config: {msg}")
+    return parser_error(msg, "invalid reconstruction config")
+
+
+#: what the range types of the signatures (sciprior.ranges, jsonargparse.typing) accept, for messages
+_TYPE_WORDS = {
+    "PositiveInt": "an int >= 1", "NonNegativeInt": "an int >= 0", "PositiveFiniteFloat": "a finite number > 0",
+    "NonNegativeFiniteFloat": "a finite number >= 0", "FiniteFloat": "a finite number",
+    "ClosedUnitInterval": "a number in [0, 1]", "ImageSize": "an int in [1, 8192]", "int": "an int",
+    "float": "a number", "bool": "true or false", "str": "a string",
+}
+
+
+def parser_error(msg: str, what: str) -> ConfigError:
+    """A jsonargparse ``Parser key "KEY": ...`` message as ``KEY: <what is wrong>; expected <the type in words>``."""
+    m = re.match(r'Parser key "([^"]+)":\s*(.*)', msg, re.S)
+    if m is None:
+        return ConfigError(f"{what}: {msg}")
+    key, body = m.group(1), m.group(2)
+    types = list(dict.fromkeys(re.findall(r"Not of type (\w+)", body)))
+    first = re.search(r"Not of type \w+: ([^\n]*)", body)
+    if not types or first is None:
+        return ConfigError(f"{key}: {' '.join(body.split())}", key=key)
+    words = [_TYPE_WORDS.get(t, t) for t in types] + (["null"] if "NoneType" in body else [])
+    return ConfigError(f"{key}: {first.group(1).strip()}; expected {' or '.join(words)}", key=key)
 
 
 def _names(data: Mapping[str, Any]) -> tuple[str, str]:

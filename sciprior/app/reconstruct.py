@@ -63,7 +63,7 @@ from sciprior.io.paths import InputError
 from sciprior.modalities.adapter import Context, ModalityAdapter
 from sciprior.physics.problem import Problem
 from sciprior.priors.base import Denoiser
-from sciprior.priors.checkpoint import load_checkpoint
+from sciprior.priors.checkpoint import CheckpointError, load_checkpoint
 from sciprior.priors.cover import CoverPlan, wrap_prior
 from sciprior.priors.wrappers import SliceWisePrior
 
@@ -270,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         out = run(job)
-    except OutputDirError as e:  # the output directory changed since the check (before any compute)
+    except (OutputDirError, CheckpointError) as e:  # changed since the checks (before any compute)
         print(f"sciprior reconstruct: error: {e}", file=sys.stderr)
         return 2
     except (InputError, NonFiniteResultError) as e:  # the data or the result turned out unusable; nothing written

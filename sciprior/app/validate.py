@@ -9,9 +9,11 @@ import torch
 
 from sciprior import modalities
 from sciprior.app.job import ConfigError, Job, is_classical, solver_function
+from sciprior.io.limits import check_allocation
 from sciprior.io.outdir import OutputDirError, check_output_dir
+from sciprior.io.paths import InputError
 from sciprior.modalities.adapter import SECTION, ModalityAdapter
-from sciprior.priors.checkpoint import read_config
+from sciprior.priors.checkpoint import verify_checkpoint
 from sciprior.priors.cover import CoverError, CoverKeys, plan_cover
 from sciprior.solvers import BASELINES
 
@@ -70,13 +72,18 @@ def validate(job: Job) -> Job:
     else:
         path = resolve_checkpoint(job.prior.checkpoint)
         try:
-            cfg = read_config(path)
+            cfg = verify_checkpoint(path)
         except (FileNotFoundError, ValueError) as e:
             raise ConfigError(f"prior.checkpoint: {e}") from e
     try:
         shape = tuple(adapter.image_shape(job.input))
     except (FileNotFoundError, ValueError, OSError) as e:
         raise ConfigError(f"input: {e}", key="input") from e
+    nbytes, what = adapter.memory_estimate(shape)
+    try:
+        check_allocation(nbytes, what, f"{SECTION}.image_size")
+    except InputError as e:
+        raise ConfigError(str(e), key=f"{SECTION}.image_size") from e
     keys = CoverKeys(channels=adapter.channels_key, image_size=f"{SECTION}.image_size", slices=f"{SECTION}.slices")
     try:
         job.plan = plan_cover(job.prior, path, cfg, shape, adapter.axes(shape), keys)

@@ -181,6 +181,12 @@ class ModalityAdapter:
         2D prior; the others (``row``, ``column``, ...) whole or in patches. Default: slices, rows, columns."""
         return ("channel", "row", "column") if len(image_shape) == 3 else ("channel", "slice", "row", "column")
 
+    def memory_estimate(self, image_shape: tuple[int, ...]) -> tuple[int, str]:
+        """``(bytes, what)``: roughly the largest memory the problem of ``image_shape`` needs (checked against
+        the machine before any compute). Default: 64 float32 images (solver state, samples, the operator's
+        work arrays); modalities with large operators (a CT system matrix) say more."""
+        return 64 * 4 * int(np.prod(image_shape)), f"a {'x'.join(map(str, image_shape))} image problem"
+
     # -- the reconstruction ----------------------------------------------------------------------
     def load(self, input: str) -> tuple[Problem, Context]:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -199,6 +199,19 @@ def _check_stored_dtype(weights: Path, stored: torch.dtype) -> None:
                                       f"says {str(stored).removeprefix('torch.')}")
 
 
+def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The config of the checkpoint ``path`` after the checks that need no network: the config is valid, the
+    weights file is safetensors (not a pickle, not truncated) and matches the SHA-256 recorded at export."""
+    path = Path(path)
+    cfg = read_config(path)
+    weights = path / WEIGHTS if path.is_dir() else path
+    with _open_weights(weights):
+        pass
+    if path.is_dir():
+        _check_checksum(weights, cfg, path)
+    return cfg
+
+
 def _check_checksum(weights: Path, cfg: dict[str, Any], where: Path) -> None:
     want = cfg.get("weights_sha256")
     if want is None:

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from sciprior.priors.base import Denoiser
 from sciprior.priors.networks import unet_size_multiple
 from sciprior.priors.wrappers import PatchPrior, SliceWisePrior
+from sciprior.ranges import NonNegativeFloat, PositiveInt
 
 Wrap = Literal["auto", "full", "patch", "slice"]
 
@@ -32,11 +33,11 @@ class CoverSpec:
     """How the prior should cover the image (the ``prior`` section's settings besides the checkpoint)."""
 
     wrap: Wrap = "auto"
-    roi: tuple[int, ...] | None = None
-    overlap: float = 0.25
-    sw_batch_size: int = 8
+    roi: tuple[PositiveInt, ...] | None = None
+    overlap: NonNegativeFloat = 0.25  # < 1 (checked by PriorSpec)
+    sw_batch_size: PositiveInt = 8
     blend: Literal["gaussian", "constant"] = "gaussian"
-    slice_chunk: int = 16
+    slice_chunk: PositiveInt = 16
 
 
 @dataclass

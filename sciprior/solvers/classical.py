@@ -25,6 +25,7 @@ from sciprior.linalg import bcast, operator_norm
 from sciprior.physics.generic import Gradient, Weighted, divergence, gradient, tv_from_grad
 from sciprior.physics.operator import Measurement, StackedOperator, norm_sq, tmap
 from sciprior.physics.problem import Problem
+from sciprior.ranges import NonNegativeFloat, PositiveFloat, PositiveInt
 from sciprior.solvers._data import require_linear
 from sciprior.solvers.common import Callback, Result, problem_device, steps_bar
 
@@ -99,8 +100,8 @@ def adjoint_recon(problem: Problem) -> Result:
     return _result(x, start)
 
 
-def cgls(problem: Problem, *, iters: int = 50, damping: float = 0.0, x0: Tensor | None = None,
-         tol: float = 1e-8, progress: bool = False, callback: Callback | None = None) -> Result:
+def cgls(problem: Problem, *, iters: PositiveInt = 50, damping: NonNegativeFloat = 0.0, x0: Tensor | None = None,
+         tol: NonNegativeFloat = 1e-8, progress: bool = False, callback: Callback | None = None) -> Result:
     """Weighted, damped least squares by CGLS.
 
     Solves ``min_x 0.5 ||W^1/2 (A x - y_eff)||^2 + 0.5 * damping * ||x||^2``, i.e. the normal equations
@@ -165,9 +166,9 @@ def cgls(problem: Problem, *, iters: int = 50, damping: float = 0.0, x0: Tensor 
     return _result(x, start, iterations=used.cpu(), residual=residual.cpu())
 
 
-def tv_pdhg(problem: Problem, *, lam: float = 0.05, iters: int = 200, nonneg: bool = False,
-            isotropic: bool = True, x0: Tensor | None = None, step_ratio: float = 1.0,
-            norm_iters: int = 50, progress: bool = False, callback: Callback | None = None) -> Result:
+def tv_pdhg(problem: Problem, *, lam: NonNegativeFloat = 0.05, iters: PositiveInt = 200, nonneg: bool = False,
+            isotropic: bool = True, x0: Tensor | None = None, step_ratio: PositiveFloat = 1.0,
+            norm_iters: PositiveInt = 50, progress: bool = False, callback: Callback | None = None) -> Result:
     """Total-variation regularised reconstruction by the Chambolle-Pock primal-dual algorithm.
 
     Solves ``min_x 0.5 ||W_rel^1/2 (A x - y_eff)||^2 + lam * TV(x)`` (``+ indicator(x >= 0)`` when

@@ -37,15 +37,16 @@ import torch
 
 from sciprior.physics.problem import Problem
 from sciprior.priors.base import Denoiser, karras_sigmas
+from sciprior.ranges import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from sciprior.solvers._data import DataTerm
 from sciprior.solvers.common import Callback, Result, finish, prepare, sampling_sigmas, steps_bar
 from sciprior.solvers.edm import pf_ode
 
 
-def daps(denoiser: Denoiser, problem: Problem, *, steps: int = 100, ode_steps: int = 5,
-         ode_sigma_min: float | None = None, mcmc: str = "langevin", mcmc_steps: int = 100,
-         langevin_step: float = 0.1, cg_iters: int = 50, cg_tol: float = 1e-7,
-         sigma_max: float | None = None, sigma_min: float | None = None, rho: float = 7.0,
+def daps(denoiser: Denoiser, problem: Problem, *, steps: PositiveInt = 100, ode_steps: PositiveInt = 5,
+         ode_sigma_min: PositiveFloat | None = None, mcmc: str = "langevin", mcmc_steps: PositiveInt = 100,
+         langevin_step: PositiveFloat = 0.1, cg_iters: NonNegativeInt = 50, cg_tol: NonNegativeFloat = 1e-7,
+         sigma_max: PositiveFloat | None = None, sigma_min: PositiveFloat | None = None, rho: PositiveFloat = 7.0,
          num_samples: int = 1, seeds: Sequence[int] | None = None,
          callback: Callback | None = None, progress: bool = True) -> Result:
     """Decoupled Annealing Posterior Sampling (Zhang et al. 2025); see the module docstring.

@@ -17,6 +17,7 @@ from sciprior.linalg import conjugate_gradient
 from sciprior.physics.noise import Gaussian
 from sciprior.physics.problem import Problem
 from sciprior.priors.base import Denoiser
+from sciprior.ranges import NonNegativeInt, PositiveFloat, PositiveInt, UnitInterval
 from sciprior.solvers._data import DataTerm
 from sciprior.solvers.common import (
     Callback,
@@ -31,9 +32,10 @@ from sciprior.solvers.common import (
 from sciprior.solvers.edm import ddim_step
 
 
-def dds(denoiser: Denoiser, problem: Problem, *, steps: int = 50, eta: float = 0.85, cg_iters: int = 5,
-        gamma: float | None = None, sigma_data: float | None = None,
-        sigma_max: float | None = None, sigma_min: float | None = None, rho: float = 7.0,
+def dds(denoiser: Denoiser, problem: Problem, *, steps: PositiveInt = 50, eta: UnitInterval = 0.85,
+        cg_iters: NonNegativeInt = 5,
+        gamma: PositiveFloat | None = None, sigma_data: PositiveFloat | None = None,
+        sigma_max: PositiveFloat | None = None, sigma_min: PositiveFloat | None = None, rho: PositiveFloat = 7.0,
         num_samples: int = 1, seeds: Sequence[int] | None = None,
         callback: Callback | None = None, progress: bool = True) -> Result:
     """Decomposed Diffusion Sampling (Chung, Lee & Ye, ICLR 2024), in EDM/VE form.

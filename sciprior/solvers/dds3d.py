@@ -25,6 +25,7 @@ from sciprior.physics.problem import Problem
 from sciprior.physics.stack import SliceStackOperator, from_slices, to_slices
 from sciprior.priors.base import Denoiser
 from sciprior.priors.wrappers import SliceWisePrior
+from sciprior.ranges import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitInterval
 from sciprior.solvers._data import DataTerm, item_mean
 from sciprior.solvers.common import Callback, Result, finish, prepare, prior_variance, sampling_sigmas
 from sciprior.solvers.dds import decomposed_sampling
@@ -47,10 +48,11 @@ def _check_int(value: int, name: str, minimum: int) -> int:
     return value
 
 
-def dds_volume(denoiser2d: Denoiser, problem: Problem, *, steps: int = 50, chunk_size: int = 8,
-               tv_z: float = 0.04, admm_rho: float = 10.0, admm_iters: int = 1, cg_iters: int = 5,
-               eta: float = 0.85, gamma: float | None = None, sigma_data: float | None = None,
-               sigma_max: float | None = None, sigma_min: float | None = None, rho: float = 7.0,
+def dds_volume(denoiser2d: Denoiser, problem: Problem, *, steps: PositiveInt = 50, chunk_size: PositiveInt = 8,
+               tv_z: NonNegativeFloat = 0.04, admm_rho: PositiveFloat = 10.0, admm_iters: PositiveInt = 1,
+               cg_iters: NonNegativeInt = 5,
+               eta: UnitInterval = 0.85, gamma: PositiveFloat | None = None, sigma_data: PositiveFloat | None = None,
+               sigma_max: PositiveFloat | None = None, sigma_min: PositiveFloat | None = None, rho: PositiveFloat = 7.0,
                num_samples: int = 1, seeds: Sequence[int] | None = None,
                callback: Callback | None = None, progress: bool = True) -> Result:
     """DDS-3D: 2D-prior DDS on ``(B, C, D, H, W)`` volumes with an ADMM/TV-z data-consistency step.

@@ -32,13 +32,15 @@ from collections.abc import Sequence
 
 from sciprior.physics.problem import Problem
 from sciprior.priors.base import Denoiser
+from sciprior.ranges import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitInterval
 from sciprior.solvers._data import DataTerm
 from sciprior.solvers.common import Callback, Result, finish, prepare, sampling_sigmas, steps_bar
 
 
-def diffpir(denoiser: Denoiser, problem: Problem, *, steps: int = 100, lam: float = 1.0, zeta: float = 0.3,
-            cg_iters: int = 50, cg_tol: float = 1e-7, grad_steps: int = 20,
-            sigma_max: float | None = None, sigma_min: float | None = None, rho: float = 7.0,
+def diffpir(denoiser: Denoiser, problem: Problem, *, steps: PositiveInt = 100, lam: PositiveFloat = 1.0,
+            zeta: UnitInterval = 0.3,
+            cg_iters: NonNegativeInt = 50, cg_tol: NonNegativeFloat = 1e-7, grad_steps: PositiveInt = 20,
+            sigma_max: PositiveFloat | None = None, sigma_min: PositiveFloat | None = None, rho: PositiveFloat = 7.0,
             num_samples: int = 1, seeds: Sequence[int] | None = None,
             callback: Callback | None = None, progress: bool = True) -> Result:
     """DiffPIR posterior sampling (Zhu et al. 2023), EDM/VE form (see the module docstring).

@@ -17,6 +17,7 @@ from torch import Tensor
 from sciprior.physics.operator import tmap
 from sciprior.physics.problem import Problem
 from sciprior.priors.base import Denoiser
+from sciprior.ranges import PositiveFloat, PositiveInt, UnitInterval
 from sciprior.solvers._data import item_mean
 from sciprior.solvers.common import Callback, Result, finish, prepare, sampling_sigmas, steps_bar
 from sciprior.solvers.edm import ddim_noise_std, ddim_step
@@ -37,8 +38,9 @@ def _misfit_scale(problem: Problem) -> tuple[Tensor, Tensor]:
     return s2, nll_min
 
 
-def dps(denoiser: Denoiser, problem: Problem, *, steps: int = 100, zeta: float = 1.0, eta: float = 1.0,
-        sigma_max: float | None = None, sigma_min: float | None = None, rho: float = 7.0,
+def dps(denoiser: Denoiser, problem: Problem, *, steps: PositiveInt = 100, zeta: PositiveFloat = 1.0,
+        eta: UnitInterval = 1.0,
+        sigma_max: PositiveFloat | None = None, sigma_min: PositiveFloat | None = None, rho: PositiveFloat = 7.0,
         num_samples: int = 1, seeds: Sequence[int] | None = None,
         callback: Callback | None = None, progress: bool = True) -> Result:
     """Diffusion Posterior Sampling (Chung et al., ICLR 2023) on the EDM schedule.

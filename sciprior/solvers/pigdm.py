@@ -24,6 +24,7 @@ from sciprior.physics.noise import Gaussian
 from sciprior.physics.operator import Measurement, tmap
 from sciprior.physics.problem import Problem
 from sciprior.priors.base import Denoiser
+from sciprior.ranges import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitInterval
 from sciprior.solvers._data import DataTerm, require_linear
 from sciprior.solvers.common import Callback, Result, finish, prepare, prior_variance, sampling_sigmas, steps_bar
 from sciprior.solvers.edm import ddim_noise_std, ddim_step
@@ -86,9 +87,11 @@ def _first(r: Measurement) -> Tensor:
     return r[0] if isinstance(r, tuple) else r
 
 
-def pigdm(denoiser: Denoiser, problem: Problem, *, steps: int = 100, eta: float = 1.0, scale: float = 1.0,
-          weight: str = "tweedie", sigma_data: float | None = None, cg_iters: int = 20, cg_tol: float = 1e-6,
-          sigma_max: float | None = None, sigma_min: float | None = None, rho: float = 7.0,
+def pigdm(denoiser: Denoiser, problem: Problem, *, steps: PositiveInt = 100, eta: UnitInterval = 1.0,
+          scale: PositiveFloat = 1.0,
+          weight: str = "tweedie", sigma_data: PositiveFloat | None = None, cg_iters: NonNegativeInt = 20,
+          cg_tol: NonNegativeFloat = 1e-6,
+          sigma_max: PositiveFloat | None = None, sigma_min: PositiveFloat | None = None, rho: PositiveFloat = 7.0,
           num_samples: int = 1, seeds: Sequence[int] | None = None,
           callback: Callback | None = None, progress: bool = True) -> Result:
     """ΠGDM (Song et al., ICLR 2023) for linear operators, on the EDM schedule.

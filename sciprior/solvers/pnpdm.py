@@ -35,6 +35,7 @@ import torch
 
 from sciprior.physics.problem import Problem
 from sciprior.priors.base import Denoiser
+from sciprior.ranges import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from sciprior.solvers._data import DataTerm
 from sciprior.solvers.common import Callback, Result, finish, prepare, sampling_sigmas, steps_bar
 from sciprior.solvers.edm import reverse_sde
@@ -45,11 +46,11 @@ def rho_schedule(steps: int, rho_start: float, rho_min: float, rho_decay: float)
     return [max(rho_min, rho_start * rho_decay**k) for k in range(steps)]
 
 
-def pnpdm(denoiser: Denoiser, problem: Problem, *, steps: int = 100, rho_start: float = 10.0,
-          rho_min: float = 0.3, rho_decay: float = 0.9, prior_steps: int = 100,
-          likelihood: str = "auto", langevin_steps: int = 100, langevin_step: float = 0.1,
-          cg_iters: int = 50, cg_tol: float = 1e-7,
-          sigma_max: float | None = None, sigma_min: float | None = None, rho: float = 7.0,
+def pnpdm(denoiser: Denoiser, problem: Problem, *, steps: PositiveInt = 100, rho_start: PositiveFloat = 10.0,
+          rho_min: PositiveFloat = 0.3, rho_decay: PositiveFloat = 0.9, prior_steps: PositiveInt = 100,
+          likelihood: str = "auto", langevin_steps: PositiveInt = 100, langevin_step: PositiveFloat = 0.1,
+          cg_iters: NonNegativeInt = 50, cg_tol: NonNegativeFloat = 1e-7,
+          sigma_max: PositiveFloat | None = None, sigma_min: PositiveFloat | None = None, rho: PositiveFloat = 7.0,
           num_samples: int = 1, seeds: Sequence[int] | None = None,
           callback: Callback | None = None, progress: bool = True) -> Result:
     """PnP-DM split Gibbs sampler (Wu et al. 2024); see the module docstring.

@@ -58,17 +58,18 @@ from sciprior.linalg import bcast, rowdot
 from sciprior.physics.operator import LinearOperator
 from sciprior.physics.problem import Problem
 from sciprior.priors.base import Denoiser
+from sciprior.ranges import PositiveFloat, PositiveInt, UnitInterval
 from sciprior.solvers._data import DataTerm
 from sciprior.solvers.common import Callback, Result, finish, prepare, sampling_sigmas, steps_bar
 
 _WEIGHTINGS = ("inv_sigma", "sigma", "const")
 
 
-def reddiff(denoiser: Denoiser, problem: Problem, *, steps: int = 100, lam: float = 1.0,
-            weighting: str = "inv_sigma", lr: float | None = None, lr_final: float = 0.1,
+def reddiff(denoiser: Denoiser, problem: Problem, *, steps: PositiveInt = 100, lam: PositiveFloat = 1.0,
+            weighting: str = "inv_sigma", lr: PositiveFloat | None = None, lr_final: PositiveFloat = 0.1,
             betas: tuple[float, float] = (0.9, 0.99), init: str = "auto",
-            control_variate: float | str = 1.0, cv_decay: float = 0.9,
-            sigma_max: float | None = None, sigma_min: float | None = None, rho: float = 7.0,
+            control_variate: float | str = 1.0, cv_decay: UnitInterval = 0.9,
+            sigma_max: PositiveFloat | None = None, sigma_min: PositiveFloat | None = None, rho: PositiveFloat = 7.0,
             num_samples: int = 1, seeds: Sequence[int] | None = None,
             callback: Callback | None = None, progress: bool = True) -> Result:
     """RED-diff (Mardani et al. 2024): variational MAP-like estimate with Adam (see module docstring).

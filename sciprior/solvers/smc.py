@@ -62,6 +62,7 @@ from sciprior.physics.noise import Gaussian, StackedNoise
 from sciprior.physics.operator import LinearOperator
 from sciprior.physics.problem import Problem
 from sciprior.priors.base import Denoiser, karras_sigmas
+from sciprior.ranges import PositiveFloat, PositiveInt, UnitInterval
 from sciprior.solvers.common import Callback, Result, Setup, finish, prepare, steps_bar
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -224,10 +225,10 @@ def _per_item_uniforms(setup: Setup, count: int) -> Tensor:
     return setup.noise.rand(cols).reshape(setup.batch, n * cols)[:, :count]
 
 
-def smc(denoiser: Denoiser, problem: Problem, *, steps: int = 100, num_particles: int = 512,
-        ess_threshold: float = 0.5, max_dense_dim: int = 4096,
-        particle_chunk: int | None = None, return_particles: bool = False,
-        sigma_max: float | None = None, sigma_min: float | None = None, rho: float = 7.0,
+def smc(denoiser: Denoiser, problem: Problem, *, steps: PositiveInt = 100, num_particles: PositiveInt = 512,
+        ess_threshold: UnitInterval = 0.5, max_dense_dim: PositiveInt = 4096,
+        particle_chunk: PositiveInt | None = None, return_particles: bool = False,
+        sigma_max: PositiveFloat | None = None, sigma_min: PositiveFloat | None = None, rho: PositiveFloat = 7.0,
         num_samples: int = 1, seeds: Sequence[int] | None = None,
         callback: Callback | None = None, progress: bool = True) -> Result:
     """MCGdiff (Cardoso et al., ICLR 2024): an asymptotically exact particle filter for ``y = A x + noise``.

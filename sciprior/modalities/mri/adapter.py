@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from sciprior.io.grid import ImageStack, Slices, VolumeGrid, cut_stack, planned_depth, select_slices, target_size
+from sciprior.io.limits import check_allocation
 from sciprior.io.nifti import nifti_shape, read_nifti
 from sciprior.io.paths import InputError
 from sciprior.modalities.adapter import (
@@ -63,17 +64,23 @@ from sciprior.physics.generic import RealToComplex
 from sciprior.physics.noise import Gaussian
 from sciprior.physics.operator import LinearOperator
 from sciprior.physics.problem import Problem
+from sciprior.ranges import FiniteFloat, ImageSize, NonNegativeFloat, PositiveFloat, PositiveInt, UnitInterval
 
 MaskType = Literal["random", "equispaced", "equispaced_fraction", "poisson"]
 
 
-def has_kspace(path: Path) -> bool:
-    """Whether an HDF5 file holds a ``kspace`` dataset (the fastMRI layout); reads the file's index only."""
+def open_hdf5(path: Path, key: str = "input") -> h5py.File:
+    """``h5py.File(path, "r")`` with an error that names the file and the config key."""
     try:
-        with h5py.File(path, "r") as f:
-            return "kspace" in f
-    except OSError:
-        return False
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise InputError(f"{key}: cannot open the HDF5 file {str(path)!r} (corrupt or truncated?): {e}") from None
+
+
+def has_kspace(path: Path, key: str = "input") -> bool:
+    """Whether an HDF5 file holds a ``kspace`` dataset (the fastMRI layout); reads the file's index only."""
+    with open_hdf5(path, key) as f:
+        return "kspace" in f
 
 
 def default_center_fraction(acceleration: float) -> float:
@@ -114,13 +121,14 @@ class MRIAdapter(ModalityAdapter):
     physical_units = "MR magnitude (the input's units)"
     baseline_name = "zero-filled"
 
-    def __init__(self, acceleration: float = 4.0, center_fraction: float | None = None,
-                 mask_type: MaskType = "random", calib: int = 24, num_coils: int = 8,
-                 sigma: float | None = 0.005, image_model: Literal["magnitude", "complex"] = "magnitude",
-                 image_size: int | tuple[int, int] | None = None, pad_to_square: bool = True,
-                 slices: Slices = "middle", percentiles: tuple[float, float] = (0.5, 99.5),
-                 scale_percentile: float = 99.0, use_file_mask: bool = True, espirit_kernel: int = 6,
-                 espirit_threshold: float = 0.02, espirit_crop: float = 0.95, sim_seed: int = 0):
+    def __init__(self, acceleration: PositiveFloat = 4.0, center_fraction: UnitInterval | None = None,
+                 mask_type: MaskType = "random", calib: PositiveInt = 24, num_coils: PositiveInt = 8,
+                 sigma: NonNegativeFloat | None = 0.005, image_model: Literal["magnitude", "complex"] = "magnitude",
+                 image_size: ImageSize | tuple[ImageSize, ImageSize] | None = None, pad_to_square: bool = True,
+                 slices: Slices = "middle", percentiles: tuple[FiniteFloat, FiniteFloat] = (0.5, 99.5),
+                 scale_percentile: PositiveFloat = 99.0, use_file_mask: bool = True,
+                 espirit_kernel: PositiveInt = 6, espirit_threshold: NonNegativeFloat = 0.02,
+                 espirit_crop: UnitInterval = 0.95, sim_seed: int = 0):
         super().__init__()
         if not acceleration >= 1:
             raise ValueError(f"acceleration must be >= 1, got {acceleration}")
@@ -157,19 +165,26 @@ class MRIAdapter(ModalityAdapter):
     def check_input(self, input: str, key: str = "input") -> None:
         super().check_input(input, key)
         kind, paths = self.resolve(input, key)
-        if kind == "hdf5" and not has_kspace(paths[0]):
+        if kind == "hdf5" and not has_kspace(paths[0], key):
             raise InputError(f"{key}: {str(paths[0])!r} is an HDF5 file without a 'kspace' dataset; the MRI modality "
                              "reads fastMRI-layout k-space (kspace: (slices, [coils,] H, W) complex)")
 
     def image_shape(self, input: str) -> tuple[int, ...]:
         kind, paths = self.resolve(input)
         if kind == "hdf5":
-            with h5py.File(paths[0], "r") as f:
+            with open_hdf5(paths[0]) as f:
                 if "kspace" not in f:
                     raise InputError(f"input: {str(paths[0])!r} has no 'kspace' dataset")
                 shape = f["kspace"].shape
+            if len(shape) not in (3, 4):
+                raise InputError(f"input: {str(paths[0])!r}: 'kspace' must be (slices, coils, H, W) or (slices, H, W), "
+                                 f"got shape {tuple(shape)}")
             n, (h, w) = int(shape[0]), (int(shape[-2]), int(shape[-1]))
             self._check_kspace_size((h, w), paths[0])
+            d = planned_depth(n, self.slices)
+            check_allocation((d or 1) * int(np.prod(shape[1:])) * 8,
+                             f"the k-space of {str(paths[0])!r} ({d or 1} of {n} slices of {tuple(shape[1:])}, "
+                             "complex64)", "input")
         else:
             x, y, n = nifti_shape(paths[0])
             h, w = target_size(self.image_size, (y, x))
@@ -272,7 +287,7 @@ class MRIAdapter(ModalityAdapter):
         return problem, ctx
 
     def _load_kspace(self, input: str, path: Path) -> tuple[Problem, Context]:
-        with h5py.File(path, "r") as f:
+        with open_hdf5(path) as f:
             if "kspace" not in f:
                 raise InputError(f"input: {str(path)!r} has no 'kspace' dataset")
             n = int(f["kspace"].shape[0])

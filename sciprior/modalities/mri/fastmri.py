@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from sciprior.io import atomic_write
+from sciprior.io.limits import check_allocation
 
 ISMRMRD_NS = "http://www.ismrm.org/ISMRMRD"
 RECONSTRUCTION_KEYS = ("reconstruction_rss", "reconstruction_esc")
@@ -188,6 +189,10 @@ def read_fastmri(path: str | os.PathLike, slices: int | slice | Sequence[int] | 
             raise ValueError(f"read_fastmri: {path}: 'kspace' must be complex, got dtype {ds.dtype}")
         n = ds.shape[0]
         sel = _slice_selection(slices, n, path)
+        count = len(range(n)[sel]) if isinstance(sel, slice) else (1 if np.ndim(sel) == 0 else len(sel))
+        check_allocation(count * int(np.prod(ds.shape[1:])) * 8,
+                         f"the k-space of {str(path)!r} ({count} of {n} slices of {tuple(ds.shape[1:])}, complex64)",
+                         "read_fastmri")
         kspace = np.asarray(ds[sel], dtype=np.complex64)
         if kspace.ndim == ds.ndim - 1:  # a single int slice
             kspace = kspace[None]
