@@ -52,6 +52,7 @@ from sciprior.datasets.views import (
 from sciprior.io.paths import resolve_paths
 from sciprior.io.plain import plain
 from sciprior.modalities import get, sample_table
+from sciprior.ranges import FiniteFloat, NonNegativeFloat, NonNegativeInt, PositiveInt, UnitInterval
 
 CacheMode = Literal["memory", "disk", "none"]
 
@@ -141,27 +142,27 @@ class PriorDataModule(pl.LightningDataModule):
         paths: str | list[str],
         reader: dict[str, Any] | None = None,
         val_paths: str | list[str] | None = None,
-        val_fraction: float = 0.2,
+        val_fraction: UnitInterval = 0.2,
         holdout: tuple[int, int] | None = None,
-        holdout_margin: int = 0,
-        batch_size: int = 16,
-        num_workers: int = 0,
-        spatial_size: tuple[int, int] | None = None,
-        patch_size: tuple[int, int] | None = None,
-        repeats: int = 1,
-        val_repeats: int = 1,
+        holdout_margin: NonNegativeInt = 0,
+        batch_size: PositiveInt = 16,
+        num_workers: NonNegativeInt = 0,
+        spatial_size: tuple[PositiveInt, PositiveInt] | None = None,
+        patch_size: tuple[PositiveInt, PositiveInt] | None = None,
+        repeats: PositiveInt = 1,
+        val_repeats: PositiveInt = 1,
         flips: FlipMode | None = None,
         rot90: bool = False,
-        min_foreground: float = 0.0,
-        foreground_level: float = -0.9,
+        min_foreground: UnitInterval = 0.0,
+        foreground_level: FiniteFloat = -0.9,
         cache: CacheMode = "memory",
         cache_dir: str | None = None,
-        pad_value: float | None = None,
+        pad_value: FiniteFloat | None = None,
         seed: int = 0,
         pin_memory: bool = False,
         affine: RandomAffine | None = None,
-        tilt: float = 0.0,
-        spin: float = 0.0,
+        tilt: NonNegativeFloat = 0.0,
+        spin: NonNegativeFloat = 0.0,
     ):
         super().__init__()
         self.modality = modality

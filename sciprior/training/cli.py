@@ -13,6 +13,12 @@ once, naming it. Examples::
     sciprior train configs/NAME/train.yaml --ckpt_path last          # resume (exact at epoch boundaries)
     sciprior train validate --config configs/NAME/train.yaml --ckpt_path ...   # other LightningCLI subcommands
 
+Before anything is built, every ``--config`` file is read strictly (:func:`sciprior.io.yamlfiles.load_yaml`: plain
+data, no duplicate keys) and no ``class_path`` may name code outside Lightning (``lightning.pytorch.*`` callbacks,
+loggers, ... or a bare class name jsonargparse resolves among them): a config never imports a module of its
+choosing. After parsing, a run must be bounded (``trainer.max_steps >= 1``, or ``max_epochs >= 1`` / ``max_time``
+when ``max_steps`` is -1) and ``--ckpt_path`` must be a Lightning checkpoint that loads without unpickling code.
+
 Defaults that differ from Lightning's: ``trainer.precision`` is ``bf16-mixed`` on a CUDA device that
 supports bfloat16 or a CPU with native bfloat16 (AVX512-BF16, AMX) and ``32-true`` otherwise;
 ``trainer.gradient_clip_val`` is 1.0; ``seed_everything`` is 0; a ``ModelCheckpoint`` saves ``last.ckpt`` every epoch.
@@ -20,7 +26,11 @@ supports bfloat16 or a CPU with native bfloat16 (AVX512-BF16, AMX) and ``32-true
 
 from __future__ import annotations
 
+import re
 import sys
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -29,9 +39,21 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from sciprior import modalities
 from sciprior.datasets.module import PriorDataModule
+from sciprior.io.yamlfiles import YAMLFileError, load_yaml
 from sciprior.training.module import EMA, EDMPriorModule, ExportPrior
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+#: module prefixes a train config's class_path may name (Lightning's own callbacks, loggers, strategies, ...)
+ALLOWED_CLASS_PREFIXES = ("lightning.pytorch.", "lightning.fabric.")
+#: options whose values jsonargparse resolves as classes
+_CLASS_OPTIONS = ("trainer.callbacks", "trainer.logger", "trainer.strategy", "trainer.plugins", "trainer.profiler",
+                  "trainer.accelerator")
+_DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
+_CKPT_KEYWORDS = ("last", "best", "hpc", "registry")
+
+
+class TrainConfigError(ValueError):
+    """A training config or command line refused before anything is built; the message names the key or file."""
 
 
 def cpu_has_native_bf16() -> bool:
@@ -55,8 +77,112 @@ def default_precision() -> str:
     return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
 
 
+def _check_class_path(value: Any, where: str) -> None:
+    if isinstance(value, str) and "." in value and not value.startswith(ALLOWED_CLASS_PREFIXES):
+        raise TrainConfigError(f"{where}: {value!r} is not read: a config may name Lightning's own classes "
+                               f"({', '.join(p + '*' for p in ALLOWED_CLASS_PREFIXES)}) or a bare class name, never "
+                               "other code (configs name registered things: data.modality, data.reader.name)")
+
+
+def refuse_foreign_classes(data: Any, where: str, path: str = "") -> None:
+    """Refuse a ``class_path`` (anywhere in ``data``) that names a module outside Lightning."""
+    if isinstance(data, Mapping):
+        for k, v in data.items():
+            here = f"{path}.{k}" if path else str(k)
+            if k == "class_path":
+                _check_class_path(v, f"{where}: {here}")
+            refuse_foreign_classes(v, where, here)
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            refuse_foreign_classes(v, where, f"{path}[{i}]")
+
+
+def check_train_argv(argv: list[str]) -> None:
+    """Strict reading of every ``--config`` file and no foreign ``class_path`` in the files or the command line."""
+    for i, a in enumerate(argv):
+        opt, _, inline = a.partition("=")
+        if not opt.startswith("--"):
+            continue
+        value = inline if inline else (argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else "")
+        key = opt[2:].removesuffix("+")
+        if key == "config":
+            try:
+                data = load_yaml(value, "--config")
+            except YAMLFileError as e:
+                raise TrainConfigError(str(e)) from None
+            check_config_spelling(data, value)
+            refuse_foreign_classes(data, value)
+            continue
+        if key.endswith("class_path") or key.startswith(_CLASS_OPTIONS):
+            try:
+                parsed = yaml.safe_load(value) if value else None
+            except yaml.YAMLError:
+                parsed = value
+            if isinstance(parsed, (Mapping, list)):
+                refuse_foreign_classes(parsed, f"--{key}")
+            elif isinstance(parsed, str) and _DOTTED.match(parsed):
+                _check_class_path(parsed, f"--{key}")
+
+
+def check_run_bounds(cfg: Any) -> None:
+    """A run must end: ``max_steps >= 1``, or ``max_steps = -1`` with ``max_epochs >= 1`` or ``max_time``."""
+    t = cfg.get("trainer") or {}
+    steps, epochs, max_time = t.get("max_steps", -1), t.get("max_epochs"), t.get("max_time")
+    if steps is not None and steps != -1 and steps < 1:
+        raise TrainConfigError(f"trainer.max_steps must be >= 1 (or -1 with max_epochs), got {steps}")
+    if epochs is not None and epochs != -1 and epochs < 1:
+        raise TrainConfigError(f"trainer.max_epochs must be >= 1, got {epochs}")
+    if (steps is None or steps == -1) and (epochs is None or epochs == -1) and not max_time:
+        raise TrainConfigError(f"trainer.max_steps={steps} with trainer.max_epochs={epochs} trains without bound "
+                               "(Lightning would default to 1000 epochs); set trainer.max_steps >= 1, "
+                               "trainer.max_epochs >= 1 or trainer.max_time")
+
+
+def check_ckpt_path(ckpt: Any) -> None:
+    """``--ckpt_path``: a keyword Lightning resolves (last, best, hpc, registry) or a Lightning checkpoint file
+    (torch zip) that loads with ``weights_only=True`` (tensors and plain data only: nothing is unpickled)."""
+    if ckpt is None or (isinstance(ckpt, str) and ckpt.split(":")[0] in _CKPT_KEYWORDS):
+        return
+    p = Path(str(ckpt))
+    if not p.exists():
+        raise TrainConfigError(f"ckpt_path: no such checkpoint {str(p)!r}")
+    if not p.is_file():
+        raise TrainConfigError(f"ckpt_path: {str(p)!r} is not a regular file")
+    if not zipfile.is_zipfile(p):
+        raise TrainConfigError(f"ckpt_path: {str(p)!r} is not a Lightning checkpoint (a torch.save zip archive); "
+                               "an old-style pickle is never loaded")
+    import torch
+
+    try:
+        ckpt_data = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # UnpicklingError for objects beyond tensors and plain data, RuntimeError for corruption
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrainConfigError(f"ckpt_path: {str(p)!r} does not load as tensors and plain data only "
+                               f"(weights_only=True): {first[:300]}") from None
+    if not isinstance(ckpt_data, dict) or "state_dict" not in ckpt_data:
+        raise TrainConfigError(f"ckpt_path: {str(p)!r} is not a Lightning checkpoint (no 'state_dict')")
+    hparams = ckpt_data.get("hyper_parameters") or {}
+    own = f"{EDMPriorModule.__module__}.{EDMPriorModule.__qualname__}"
+    if isinstance(hparams, Mapping) and hparams.get("_class_path") not in (None, own):
+        raise TrainConfigError(f"ckpt_path: {str(p)!r} was saved by {hparams['_class_path']!r}, not {own}; its "
+                               "hyperparameters are not read")
+    refuse_foreign_classes(hparams, f"ckpt_path {str(p)!r}: hyper_parameters")
+
+
 class TrainCLI(LightningCLI):
     """``LightningCLI`` with the EMA, export and checkpoint callbacks as typed top-level sections."""
+
+    def _parse_ckpt_path(self) -> None:
+        """Check ``ckpt_path`` (:func:`check_ckpt_path`) before Lightning reads hyperparameters from it."""
+        sub = self.config.get("subcommand")
+        if sub:
+            check_ckpt_path(self.config[sub].get("ckpt_path"))
+        super()._parse_ckpt_path()
+
+    def before_instantiate_classes(self) -> None:
+        """Refuse unbounded runs before any class is built."""
+        cfg = self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
+        check_run_bounds(cfg)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(EMA, "ema")
@@ -108,33 +234,30 @@ def make_cli(argv: list[str], run: bool = True, **kwargs: Any) -> TrainCLI:
     return TrainCLI(**options)
 
 
-def check_config_spelling(argv: list[str]) -> None:
+def check_config_spelling(data: Mapping[str, Any], file: str) -> None:
     """Refuse a training config in the earlier ``data: {class_path, init_args}`` spelling, printing the new one."""
-    for i, a in enumerate(argv[:-1]):
-        if a != "--config":
-            continue
-        try:
-            data = yaml.safe_load(open(argv[i + 1], encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError):
-            continue  # LightningCLI reports it
-        section = data.get("data") if isinstance(data, dict) else None
-        if isinstance(section, dict) and "class_path" in section:
-            new = modalities.from_legacy_data_section(section)
-            hint = (yaml.safe_dump({"data": new}, sort_keys=False) if new is not None else
-                    "data:\n  modality: <one of " + ", ".join(modalities.names()) + ">\n  reader: {name: ..., ...}\n")
-            raise SystemExit(f"sciprior train: {argv[i + 1]}: data.class_path/init_args is the old spelling (configs "
-                             f"name modalities and readers, not code); write:\n{hint}")
+    section = data.get("data")
+    if isinstance(section, dict) and "class_path" in section:
+        new = modalities.from_legacy_data_section(section)
+        hint = (yaml.safe_dump({"data": new}, sort_keys=False) if new is not None else
+                "data:\n  modality: <one of " + ", ".join(modalities.names()) + ">\n  reader: {name: ..., ...}\n")
+        raise TrainConfigError(f"{file}: data.class_path/init_args is the old spelling (configs name modalities "
+                               f"and readers, not code); write:\n{hint}")
 
 
 def main_train(argv: list[str] | None = None) -> int:
     """Entry point of ``sciprior train``: ``argv`` are the arguments after ``train``."""
     args = normalise_argv(list(sys.argv[1:] if argv is None else argv))
-    check_config_spelling(args)
-    saved, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when both sys.argv and args are set
     try:
-        make_cli(args)
-    finally:
-        sys.argv = saved
+        check_train_argv(args)
+        saved, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when both sys.argv and args are set
+        try:
+            make_cli(args)
+        finally:
+            sys.argv = saved
+    except TrainConfigError as e:
+        print(f"sciprior train: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

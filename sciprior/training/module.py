@@ -40,6 +40,7 @@ from sciprior.io.plain import plain
 from sciprior.priors.checkpoint import save_checkpoint
 from sciprior.priors.edm import EDMDenoiser
 from sciprior.priors.networks import build_unet, unet_size_multiple
+from sciprior.ranges import FiniteFloat, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitInterval
 from sciprior.solvers.edm import edm_sample
 
 
@@ -107,22 +108,22 @@ class EDMPriorModule(pl.LightningModule):
     def __init__(
         self,
         network: UNetConfig | None = None,  # type: ignore[valid-type]
-        sigma_data: float = 0.5,
-        sigma_min: float = 0.002,
-        sigma_max: float = 80.0,
-        P_mean: float = -1.2,
-        P_std: float = 1.2,
+        sigma_data: PositiveFloat = 0.5,
+        sigma_min: PositiveFloat = 0.002,
+        sigma_max: PositiveFloat = 80.0,
+        P_mean: FiniteFloat = -1.2,
+        P_std: PositiveFloat = 1.2,
         image_shape: list[int] | None = None,
-        lr: float = 2e-4,
-        betas: tuple[float, float] = (0.9, 0.999),
-        weight_decay: float = 0.0,
-        warmup_steps: int = 200,
+        lr: PositiveFloat = 2e-4,
+        betas: tuple[UnitInterval, UnitInterval] = (0.9, 0.999),
+        weight_decay: NonNegativeFloat = 0.0,
+        warmup_steps: NonNegativeInt = 200,
         lr_schedule: Literal["constant", "cosine"] = "constant",
-        min_lr_ratio: float = 0.1,
+        min_lr_ratio: UnitInterval = 0.1,
         val_sigmas: list[float] | None = None,
-        sample_every_n_epochs: int = 0,
-        num_samples: int = 16,
-        sample_steps: int = 18,
+        sample_every_n_epochs: NonNegativeInt = 0,
+        num_samples: PositiveInt = 16,
+        sample_steps: PositiveInt = 18,
         seed: int = 0,
     ):
         super().__init__()
@@ -327,7 +328,7 @@ class EMA(EMAWeightAveraging):
     def __init__(
         self,
         decay: float = 0.999,
-        update_every_n_steps: int = 1,
+        update_every_n_steps: PositiveInt = 1,
         update_starting_at_step: int | None = None,
         device: str | None = None,
     ):
@@ -372,7 +373,7 @@ class ExportPrior(Callback):
             loads and runs in float32). Default: float32, as trained.
     """
 
-    def __init__(self, dirpath: str | None = None, every_n_epochs: int = 0, enabled: bool = True,
+    def __init__(self, dirpath: str | None = None, every_n_epochs: NonNegativeInt = 0, enabled: bool = True,
                  storage_dtype: Literal["float32", "float16", "bfloat16"] | None = None):
         self.dirpath, self.every_n_epochs, self.enabled = dirpath, int(every_n_epochs), bool(enabled)
         self.storage_dtype = storage_dtype
