@@ -78,7 +78,7 @@ def validate(job: Job) -> Job:
     try:
         shape = tuple(adapter.image_shape(job.input))
     except (FileNotFoundError, ValueError, OSError) as e:
-        raise ConfigError(f"input: {e}", key="input") from e
+        raise ConfigError(str(e) if str(e).startswith("input") else f"input: {e}", key="input") from e
     nbytes, what = adapter.memory_estimate(shape)
     try:
         check_allocation(nbytes, what, f"{SECTION}.image_size")

@@ -226,9 +226,16 @@ def dicom_shape(paths: Sequence[Path], key: str = "input") -> tuple[int, int, in
 
     try:
         ds = pydicom.dcmread(str(paths[0]), stop_before_pixels=True)
-        rows, cols = int(ds.Rows), int(ds.Columns)
-    except Exception as e:  # pydicom raises several types; missing Rows/Columns raise AttributeError
+    except Exception as e:  # pydicom raises several types
         raise InputError(f"{key}: cannot read the DICOM header of {str(paths[0])!r}: {e}") from e
+    missing = [f"{tag} {name}" for name, tag in (("Rows", "(0028,0010)"), ("Columns", "(0028,0011)"))
+               if name not in ds]
+    if missing:
+        raise InputError(f"{key}: the DICOM file {str(paths[0])!r} has no {' and no '.join(missing)}: it holds no "
+                         "image (a structured report, a presentation state, or a damaged header?)")
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    if rows < 1 or cols < 1:
+        raise InputError(f"{key}: the DICOM file {str(paths[0])!r} declares an empty image ({rows} x {cols})")
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     n = len(paths) if len(paths) > 1 else frames
     return cols, rows, n

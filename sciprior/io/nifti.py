@@ -40,6 +40,8 @@ def read_nifti(path: str | os.PathLike, key: str = "input") -> VolumeGrid:
         data = data[..., 0]
     if data.ndim not in (2, 3):
         raise InputError(f"{key}: {str(path)!r} has shape {data.shape}; expected a 2D or 3D image")
+    if data.size == 0:
+        raise InputError(f"{key}: {str(path)!r} has shape {data.shape}: an empty axis")
     if not np.isfinite(data).all():
         raise InputError(f"{key}: {str(path)!r} contains {int((~np.isfinite(data)).sum())} NaN/Inf voxels")
     affine = img.affine if img.affine is not None else np.eye(4)
@@ -51,7 +53,12 @@ def read_nifti(path: str | os.PathLike, key: str = "input") -> VolumeGrid:
 def nifti_shape(path: str | os.PathLike, key: str = "input") -> tuple[int, int, int]:
     """``(X, Y, Z)`` of a NIfTI file in LPS voxel order, from its header only (a 2D file has ``Z = 1``)."""
     img = _load(Path(path), key)
-    shape = tuple(int(s) for s in img.shape[:3]) + (1,) * max(0, 3 - len(img.shape))
+    full = tuple(int(s) for s in img.shape)
+    if len(full) not in (2, 3) and not (len(full) == 4 and full[3] == 1):
+        raise InputError(f"{key}: {str(path)!r} has shape {full}; expected a 2D or 3D image")
+    if min(full) < 1:
+        raise InputError(f"{key}: {str(path)!r} has shape {full}: an empty axis")
+    shape = tuple(full[:3]) + (1,) * max(0, 3 - len(full))
     return lps_shape_from_file(shape, img.affine if img.affine is not None else np.eye(4))
 
 

@@ -175,7 +175,9 @@ class MRIAdapter(ModalityAdapter):
             with open_hdf5(paths[0]) as f:
                 if "kspace" not in f:
                     raise InputError(f"input: {str(paths[0])!r} has no 'kspace' dataset")
-                shape = f["kspace"].shape
+                shape, dtype = f["kspace"].shape, f["kspace"].dtype
+            if dtype.kind != "c":
+                raise InputError(f"input: {str(paths[0])!r}: 'kspace' must be complex, got {dtype}")
             if len(shape) not in (3, 4):
                 raise InputError(f"input: {str(paths[0])!r}: 'kspace' must be (slices, coils, H, W) or (slices, H, W), "
                                  f"got shape {tuple(shape)}")
