@@ -256,15 +256,11 @@ def cut_stack(grid: VolumeGrid, slices: Slices, image_size: int | tuple[int, int
     return ImageStack(data, grid, pg, stack)
 
 
-def planned_depth(num_slices: int, slices: Slices) -> int | None:
-    """Depth of the problem for ``slices`` of a volume with ``num_slices`` slices (None: one 2D slice)."""
-    if slices == "middle" or (isinstance(slices, int) and not isinstance(slices, bool)):
-        return None
-    if slices == "all":
-        return num_slices
-    start, stop = (int(v) for v in slices)
-    start, stop = (start + num_slices if start < 0 else start), (stop + num_slices if stop < 0 else stop)
-    return max(stop - start, 0)
+def planned_depth(num_slices: int, slices: Slices, key: str = "slices") -> int | None:
+    """Depth of the problem for ``slices`` of a volume with ``num_slices`` slices (None: one 2D slice); an
+    out-of-range selection raises :class:`InputError` naming ``key`` (from the header, before anything is read)."""
+    start, stop, stack = select_slices(slices, num_slices, key)
+    return stop - start if stack else None
 
 
 def stack_to_file_order(stack: np.ndarray, plane_grid: PlaneGrid, grid: VolumeGrid) -> tuple[np.ndarray, np.ndarray]:

@@ -39,9 +39,16 @@ def _name_max(directory: Path) -> int:
         return 255
 
 
+def _exists(p: Path) -> bool:
+    try:
+        return p.exists()
+    except OSError:  # e.g. a name longer than the file system allows
+        return False
+
+
 def _first_existing(path: Path) -> Path:
     p = path
-    while not p.exists() and p != p.parent:
+    while not _exists(p) and p != p.parent:
         p = p.parent
     return p
 
@@ -113,7 +120,7 @@ class StagedOutput:
         parent = self.target.absolute().parent
         missing = []
         p = parent
-        while not p.exists():
+        while not _exists(p):
             missing.append(p)
             p = p.parent
         try:

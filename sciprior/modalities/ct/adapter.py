@@ -165,7 +165,7 @@ class CTAdapter(ModalityAdapter):
         kind, paths = self.resolve(input)
         x, y, n = nifti_shape(paths[0]) if kind == "nifti" else dicom_shape(paths)
         h, w = target_size(self.image_size, (y, x))
-        d = planned_depth(n, self.slices)
+        d = planned_depth(n, self.slices, key("slices"))
         return (1, h, w) if d is None else (1, d, h, w)
 
     def memory_estimate(self, image_shape: tuple[int, ...]) -> tuple[int, str]:

@@ -183,14 +183,14 @@ class MRIAdapter(ModalityAdapter):
                                  f"got shape {tuple(shape)}")
             n, (h, w) = int(shape[0]), (int(shape[-2]), int(shape[-1]))
             self._check_kspace_size((h, w), paths[0])
-            d = planned_depth(n, self.slices)
+            d = planned_depth(n, self.slices, key("slices"))
             check_allocation((d or 1) * int(np.prod(shape[1:])) * 8,
                              f"the k-space of {str(paths[0])!r} ({d or 1} of {n} slices of {tuple(shape[1:])}, "
                              "complex64)", "input")
         else:
             x, y, n = nifti_shape(paths[0])
             h, w = target_size(self.image_size, (y, x))
-        d = planned_depth(n, self.slices)
+        d = planned_depth(n, self.slices, key("slices"))
         return (self.channels, h, w) if d is None else (self.channels, d, h, w)
 
     def _check_kspace_size(self, size: tuple[int, int], path: Path) -> None:
