@@ -27,14 +27,20 @@ def plain(v: Any) -> Any:
         return str(v)
     if isinstance(v, np.generic):
         return v.item()
+    if isinstance(v, bool):  # before int (bool is an int); subclasses (range-typed values) become the builtin
+        return bool(v)
+    if isinstance(v, int):
+        return int(v)
     if isinstance(v, float):
-        return finite_float(v)
+        return finite_float(float(v))
     if isinstance(v, Tensor):
         return v.tolist() if v.numel() <= 16 else f"tensor{tuple(v.shape)}"
     if isinstance(v, np.ndarray):
         return v.tolist() if v.size <= 16 else f"array{v.shape}"
-    if v is None or isinstance(v, (str, int, bool)):
+    if v is None:
         return v
+    if isinstance(v, str):
+        return str(v)
     return str(v)
 
 

@@ -121,6 +121,19 @@ def checkpoint_config(denoiser: EDMDenoiser, net_config: Mapping[str, Any] | Non
     return cfg
 
 
+def _builtin(v: Any) -> Any:
+    """Builtin types for YAML/JSON: subclasses of bool/int/float/str (the range-typed values a parsed config holds)
+    become the builtin, tuples become lists; anything else is left for the dumper to refuse."""
+    if isinstance(v, Mapping):
+        return {k: _builtin(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_builtin(x) for x in v]
+    for t in (bool, int, float, str):
+        if isinstance(v, t):
+            return t(v)
+    return v
+
+
 def save_checkpoint(denoiser: EDMDenoiser, path: str | os.PathLike, *,
                     net_config: Mapping[str, Any] | None = None,
                     metadata: Mapping[str, Any] | None = None,
@@ -132,7 +145,7 @@ def save_checkpoint(denoiser: EDMDenoiser, path: str | os.PathLike, *,
     network still loads in its own dtype). Default: as they are.
     """
     path = Path(path)
-    cfg = checkpoint_config(denoiser, net_config, metadata, storage_dtype)
+    cfg = _builtin(checkpoint_config(denoiser, net_config, metadata, storage_dtype))
     net = denoiser.net
     if storage_dtype is not None:
         target = _float_dtype(storage_dtype, "checkpoint: storage_dtype")

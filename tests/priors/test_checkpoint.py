@@ -62,6 +62,16 @@ def test_round_trip(tmp_path, dtype, spatial_dims):
                                    rtol=1e-5, atol=1e-6)
 
 
+def test_range_typed_metadata_is_written_as_plain_yaml(tmp_path):
+    """A parsed config holds range-typed values (PositiveInt is an int subclass): exported as builtins, safe_load-able."""
+    from sciprior.ranges import PositiveFloat, PositiveInt
+    meta = {"batch_size": PositiveInt(16), "lr": PositiveFloat(2e-4), "sizes": (PositiveInt(64), 64)}
+    path = save_checkpoint(make(), tmp_path / "c", metadata=meta)
+    cfg = yaml.safe_load((path / CONFIG).read_text())
+    assert cfg["metadata"] == {"batch_size": 16, "lr": 2e-4, "sizes": [64, 64]}
+    assert type(cfg["metadata"]["batch_size"]) is int and type(read_config(path / WEIGHTS)["metadata"]["lr"]) is float
+
+
 def test_weights_file_is_plain_safetensors(tmp_path):
     path = save_checkpoint(make(), tmp_path / "c")
     raw = (path / WEIGHTS).read_bytes()
