@@ -221,7 +221,7 @@ def test_failing_input_is_recorded_and_the_others_finish(tmp_path):
 
 
 def test_output_kinds_and_write_errors(tmp_path):
-    for n in ("good", "bad_metric", "bad_writer", "not_output"):
+    for n in ("good", "bad_metric", "bad_writer", "not_output", "summary"):
         (tmp_path / f"{n}.in").write_text(n)
 
     def proc(spec):
@@ -232,6 +232,8 @@ def test_output_kinds_and_write_errors(tmp_path):
             return ItemOutput(arrays={"_a": np.ones(2)}, files={".dat": lambda p: None})
         if spec.name == "not_output":
             return {"x": 1}
+        if spec.name == "summary":  # its output would replace the batch's summary.csv
+            return ItemOutput(arrays={"": np.zeros(2)}, files={".csv": "a,b\n"})
         (Path(spec.scratch_dir) / "sub").mkdir()  # a runner that writes a directory of files
         (Path(spec.scratch_dir) / "sub" / "recon.txt").write_text(f"run {len(calls)}")
         calls.append(spec.name)
@@ -253,6 +255,8 @@ def test_output_kinds_and_write_errors(tmp_path):
     assert "metric 'm'" in rows["bad_metric"]["error"]
     assert "did not create" in rows["bad_writer"]["error"]
     assert "expected sciprior.app.batch.ItemOutput" in rows["not_output"]["error"]
+    assert "would replace the batch's own summary.csv" in rows["summary"]["error"]
+    assert not (out / "summary.npy").exists() and (out / "summary.csv").read_text().startswith("index,name,")
     assert not list(out.glob("bad_*")) and not list(out.glob("not_output*"))  # no half set of outputs
     assert not list(out.glob(f"{TMP_PREFIX}*"))  # scratch directories removed
     s = run_batch(str(tmp_path / "good.in"), out, proc, overwrite=True, progress=False)

@@ -268,6 +268,9 @@ class BatchWriter(BasePredictionWriter):
         if not isinstance(suffix, str) or any(c in suffix for c in "/\\\0"):
             raise ValueError(f"output suffix {suffix!r} of item {spec.name} must be a string without "
                              "path separators")
+        if fname in (SUMMARY_CSV, SUMMARY_JSON):
+            raise ValueError(f"output {fname} of item {spec.name} would replace the batch's own {fname}; rename the "
+                             "item (CSV manifest `name` column) or the suffix")
         for k in range(len(spec.name) + 1, len(fname) + 1):
             if fname[:k] in self.names:
                 raise ValueError(f"output {fname} of item {spec.name} could be mistaken for an output of "
