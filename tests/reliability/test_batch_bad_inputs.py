@@ -83,12 +83,14 @@ def _run_cli(argv: list[str], capsys) -> tuple[int, str]:
     return rc, capsys.readouterr().err
 
 
-def _config_error(ws, capsys, argv: list[str], pattern: str) -> str:
-    """Exit 2, the message matching ``pattern``, nothing computed, nothing new in the workspace."""
+def _config_error(ws, capsys, argv: list[str], pattern: str | list[str]) -> str:
+    """Exit 2, the message matching ``pattern`` (each of a list, in any order), nothing computed, nothing new in the
+    workspace."""
     before = _tree(ws["root"])
     rc, err = _run_cli(argv, capsys)
     assert rc == 2, err[-2000:]
-    assert re.search(pattern, err), err[-2000:]
+    for pat in [pattern] if isinstance(pattern, str) else pattern:
+        assert re.search(pat, err), (pat, err[-2000:])
     assert "Traceback" not in err
     assert ws["calls"] == []  # the processor never ran
     assert not list(ws["root"].rglob(f"{STATE_DIR}/items/*.json"))
@@ -185,8 +187,9 @@ def test_a_yaml_tag_is_refused_naming_the_file_and_line(hostile, case):
     rep = hostile["reports"][case]
     assert rep["rc"] == 2, rep
     name = "tag.yaml" if case == "yaml_tag_os_system" else "tag2.yaml"
-    assert re.search(rf"--config: '[^']*{name}' line 3: could not determine a constructor for the tag "
-                     r"'tag:yaml.org,2002:python/", rep["stderr"]), rep["stderr"]
+    tag = "python/object/apply:os.system" if case == "yaml_tag_os_system" else "python/name:hostile_mod.run"
+    err = rep["stderr"]
+    assert re.search(rf"--config:? '[^']*{name}'", err) and re.search(r"\bline 3\b", err) and tag in err, err
     assert not list(hostile["root"].glob("marker_*")) and "hostile_mod" not in rep["imported"]
     assert hostile["after"] == hostile["before"]
 
@@ -365,23 +368,24 @@ def test_a_corrupt_input_in_the_middle_is_recorded_failed(ws, capsys):
 
 def test_an_empty_config_file(ws, capsys):
     cfg = _config(ws, "")
-    _config_error(ws, capsys, [cfg], rf"--config: '{re.escape(str(cfg))}' is empty")
+    _config_error(ws, capsys, [cfg], [rf"--config:? '{re.escape(str(cfg))}'", r"\bempty\b"])
 
 
 def test_a_config_that_is_a_yaml_list(ws, capsys):
     cfg = _config(ws, "- inputs: a\n- output_dir: b\n")
-    _config_error(ws, capsys, [cfg], rf"--config: '{re.escape(str(cfg))}' holds a YAML list, not a mapping")
+    _config_error(ws, capsys, [cfg], [rf"--config:? '{re.escape(str(cfg))}'", r"\blist\b", r"\bmapping\b"])
 
 
 def test_a_duplicate_key_names_the_file_and_both_lines(ws, capsys):
     cfg = _config(ws, _good(ws) + f"output_dir: {ws['root'] / 'elsewhere'}\n")
-    _config_error(ws, capsys, [cfg], rf"--config: '{re.escape(str(cfg))}' line 5: duplicate key 'output_dir' "
-                                     r"\(first on line 2\)")
+    _config_error(ws, capsys, [cfg], [rf"--config:? '{re.escape(str(cfg))}'", r"duplicate key 'output_dir'",
+                                      r"\bline 2\b", r"\bline 5\b"])
 
 
 def test_a_duplicate_key_in_a_nested_mapping(ws, capsys):
     cfg = _config(ws, _good(ws, process_kwargs=f"{{config: {ws['recon']}, config: other.yaml}}"))
-    _config_error(ws, capsys, [cfg], r"line 3: duplicate key 'config' \(first on line 3\)")
+    _config_error(ws, capsys, [cfg], [rf"--config:? '{re.escape(str(cfg))}'", r"duplicate key 'config'",
+                                      r"\bline 3\b"])
 
 
 def test_a_config_file_that_does_not_exist(ws, capsys):

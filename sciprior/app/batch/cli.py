@@ -226,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = parse_config(argv, exit_on_error=False)
     except SystemExit as e:  # --help / --print_config
         return e.code if isinstance(e.code, int) else 0 if e.code is None else 2
-    except (BatchConfigError, ArgumentError) as e:  # the file / key is named
+    except (ValueError, ArgumentError) as e:  # BatchConfigError, YAMLFileError: the file / key is named
         print(f"sciprior batch: error: {_friendly(e)}", file=sys.stderr)
         return 2
     try:
