@@ -431,7 +431,7 @@ def test_a_bad_input_first_or_last_gives_the_same_summary(tmp_path):
     rec = read_record(tmp_path / "out_first", "ct_bad")
     assert "ConfigError" in rec["error"] and str(bad) in rec["error"]
     for out in ("out_first", "out_last"):
-        assert sorted(p.name for p in (tmp_path / out / "ct_0").iterdir()) == ["reconstruction.nii.gz"]
+        assert "reconstruction.nii.gz" in {p.name for p in (tmp_path / out / "ct_0").iterdir()}
     # every input bad: the batch still runs and records each one failed, with its own message
     bad2 = tmp_path / "in" / "ct_bad2.nii.gz"
     bad2.write_bytes(b"\x00" * 10)
@@ -447,7 +447,7 @@ def test_a_config_error_stops_the_batch_before_any_compute_whatever_the_order(tm
     cfg = h.write_ct_config(tmp_path / "recon.yaml", n_views=0)
     for order in ([bad, *good], [*good, bad]):
         with pytest.raises(BatchConfigError, match=rf"process_kwargs\.config '{re.escape(str(cfg))}': "
-                                                   r"modality\.n_views must be >= 1"):
+                                                   r"modality\.n_views\b.*>= 1"):
             run_batch([str(p) for p in order], tmp_path / "out", "reconstruct", process_kwargs={"config": str(cfg)})
         assert not (tmp_path / "out").exists()
 
