@@ -13,11 +13,20 @@ that are already done; kill it half-way and it resumes.
     python scripts/batch_example.py --work /tmp/sciprior_batch_demo --devices 2  # 2 CPU processes, DDP/gloo
     python scripts/batch_example.py --work /tmp/demo --accelerator gpu --devices 4 --solver dps --steps 200
 
-The same run from a config (``sciprior batch CONFIG.yaml`` or ``python -m sciprior.app.batch CONFIG.yaml``)::
+Here the processor (``InpaintItem``) is handed to ``run_batch`` from Python. A config
+(``sciprior batch CONFIG.yaml`` or ``python -m sciprior.app.batch CONFIG.yaml``) never names code by import
+path: it names a registered processor, ``reconstruct`` or one an installed package declares in the entry-point
+group ``sciprior.processors``. To run this example from a config, put ``InpaintItem`` in a package whose
+``pyproject.toml`` says::
+
+    [project.entry-points."sciprior.processors"]
+    inpaint = "my_package.batch_example:InpaintItem"
+
+install it (``pip install -e .``), and write::
 
     inputs: /tmp/sciprior_batch_demo/inputs/*.npy
     output_dir: /tmp/sciprior_batch_demo/out
-    process_item: batch_example:InpaintItem      # importable: run from scripts/ or add it to PYTHONPATH
+    process_item: inpaint                        # a registered name (sciprior.app.batch.registry.names())
     process_kwargs: {solver: dps, steps: 100, truth_dir: /tmp/sciprior_batch_demo/truth}
     devices: 2
     accelerator: cpu

@@ -1,8 +1,13 @@
 #!/bin/bash
-# Multi-node batch reconstruction on SLURM with the sciprior batch engine (sciprior/batch.py).
+# Multi-node batch reconstruction on SLURM with the sciprior batch engine (sciprior/app/batch/).
 #
 #   sbatch scripts/slurm_batch.sh configs/my_batch.yaml            # submit
 #   sbatch --nodes=4 scripts/slurm_batch.sh configs/my_batch.yaml  # more nodes: nothing else to change
+#
+# The config names its per-input processor by registered name, never by import path: `process_item: reconstruct`
+# (process_kwargs: {config: RECONSTRUCTION.yaml, overrides: {...}}) or a name an installed package declares in
+# the entry-point group `sciprior.processors`. The whole config is checked before srun's tasks compute anything
+# (exit code 2 and the key named on a config error).
 #
 # How it works
 # - srun starts one task per device on every node (--ntasks-per-node = GPUs per node). Lightning's

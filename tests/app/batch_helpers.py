@@ -10,6 +10,9 @@ comes from autograd, re-noise to the next sigma.
 Run as a script::
 
     python tests/app/batch_helpers.py --inputs 'dir/*.npy' --out out --devices 2 --strategy ddp [--log calls.txt]
+
+The script hands :func:`process_item` itself to ``run_batch`` (code the test runs, not a config). A config names
+it through an entry point: :func:`install_processor` writes the dist-info an installed package would have.
 """
 
 from __future__ import annotations
@@ -62,6 +65,35 @@ def make_inputs(root: Path, n: int, seed: int = 123) -> tuple[Path, Path]:
     return inp, truth
 
 
+def make_ct_inputs(root: Path, n: int, size: int = 32) -> list[Path]:
+    """``n`` small axial CT slices ``root/ct_k.nii.gz`` (HU, one slice each) for the ``reconstruct`` processor."""
+    import nibabel as nib
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    disc = (yy**2 + xx**2 < (size / 2.5) ** 2).astype(np.float32)
+    paths = []
+    for k in range(n):
+        hu = -1000 + disc * (1000 + 40 * rng.standard_normal((size, size)).astype(np.float32))
+        p = root / f"ct_{k}.nii.gz"
+        nib.save(nib.Nifti1Image(hu[:, :, None], np.diag([0.9, 0.9, 2.0, 1.0])), p)
+        paths.append(p)
+    return paths
+
+
+def write_ct_config(path: Path, **modality) -> Path:
+    """A fast ``sciprior reconstruct`` config for :func:`make_ct_inputs` (8 views, no prior: the adjoint solver,
+    no baseline, no report figure); ``input`` and ``output_dir`` are set per item by the batch."""
+    import yaml
+
+    cfg = {"modality": {"name": "ct", "n_views": 8, "image_size": 32, "i0": None, "sigma": 0.01, **modality},
+           "prior": {"checkpoint": None}, "solver": {"name": "adjoint"}, "device": "cpu", "progress": False,
+           "baseline": False, "report": False}
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
 def diffpir(prior: GaussianPrior, problem: Problem, steps: int, generator: torch.Generator) -> torch.Tensor:
     """(1, *IMAGE_SHAPE) approximate posterior sample; all randomness from ``generator`` (the item's seed)."""
     sigmas = karras_sigmas(steps, 0.02, 10.0)
@@ -103,6 +135,18 @@ def process_item(spec: ItemSpec, *, steps: int = 6, log: str | None = None, slee
     return ItemOutput(arrays={"": x[0].cpu().numpy()}, metrics=metrics)
 
 
+def install_processor(site: Path, entry_points: dict[str, str], dist: str = "batch_test_processors") -> Path:
+    """Make ``site`` look like a site-packages holding an installed distribution that declares ``entry_points``
+    (``{name: "module:attr"}``) in the group ``sciprior.processors``, the way pip leaves it (a .dist-info with
+    entry_points.txt); put ``site`` on ``sys.path`` / ``PYTHONPATH`` to install it. Returns the .dist-info."""
+    info = Path(site) / f"{dist}-0.1.0.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1.0\n")
+    lines = "".join(f"{k} = {v}\n" for k, v in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[sciprior.processors]\n{lines}")
+    return info
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--inputs", required=True)
@@ -113,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sleep", type=float, default=0.0)
     ap.add_argument("--steps", type=int, default=6)
     a = ap.parse_args(argv)
-    summary = run_batch(a.inputs, a.out, "batch_helpers:process_item",
+    summary = run_batch(a.inputs, a.out, process_item,
                         process_kwargs={"steps": a.steps, "log": a.log, "sleep": a.sleep},
                         devices=a.devices, accelerator="cpu", strategy=a.strategy, progress=False)
     print(f"rank {os.environ.get('LOCAL_RANK', '0')}: {summary}", flush=True)

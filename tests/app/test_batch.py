@@ -28,6 +28,7 @@ import torch
 from jsonargparse import ArgumentError
 
 from sciprior.app.batch import (
+    BatchConfigError,
     ItemOutput,
     ShardSampler,
     is_done,
@@ -44,7 +45,7 @@ from sciprior.io.atomic import TMP_PREFIX, atomic_write
 HELPER = Path(h.__file__).resolve()
 REPO = HELPER.parents[2]
 N = 7
-TARGET = "batch_helpers:process_item"
+TARGET = h.process_item  # the function itself (code the test runs); a config names it through an entry point
 
 
 @pytest.fixture(autouse=True)
@@ -220,7 +221,7 @@ def test_failing_input_is_recorded_and_the_others_finish(tmp_path):
 
 
 def test_output_kinds_and_write_errors(tmp_path):
-    for n in ("good", "bad_metric", "bad_writer", "not_output"):
+    for n in ("good", "bad_metric", "bad_writer", "not_output", "summary"):
         (tmp_path / f"{n}.in").write_text(n)
 
     def proc(spec):
@@ -231,6 +232,8 @@ def test_output_kinds_and_write_errors(tmp_path):
             return ItemOutput(arrays={"_a": np.ones(2)}, files={".dat": lambda p: None})
         if spec.name == "not_output":
             return {"x": 1}
+        if spec.name == "summary":  # its output would replace the batch's summary.csv
+            return ItemOutput(arrays={"": np.zeros(2)}, files={".csv": "a,b\n"})
         (Path(spec.scratch_dir) / "sub").mkdir()  # a runner that writes a directory of files
         (Path(spec.scratch_dir) / "sub" / "recon.txt").write_text(f"run {len(calls)}")
         calls.append(spec.name)
@@ -252,6 +255,8 @@ def test_output_kinds_and_write_errors(tmp_path):
     assert "metric 'm'" in rows["bad_metric"]["error"]
     assert "did not create" in rows["bad_writer"]["error"]
     assert "expected sciprior.app.batch.ItemOutput" in rows["not_output"]["error"]
+    assert "would replace the batch's own summary.csv" in rows["summary"]["error"]
+    assert not (out / "summary.npy").exists() and (out / "summary.csv").read_text().startswith("index,name,")
     assert not list(out.glob("bad_*")) and not list(out.glob("not_output*"))  # no half set of outputs
     assert not list(out.glob(f"{TMP_PREFIX}*"))  # scratch directories removed
     s = run_batch(str(tmp_path / "good.in"), out, proc, overwrite=True, progress=False)
@@ -280,10 +285,10 @@ def test_input_errors_name_the_path(tmp_path):
     bad_csv.write_text("filename,name\nx.npy,a\n")
     with pytest.raises(ValueError, match=r"m\.csv needs a column.*'filename'"):
         resolve_inputs(bad_csv, out)
-    with pytest.raises(ImportError, match="no_such_module"):
+    with pytest.raises(BatchConfigError, match=r"process_item: unknown processor 'no_such_module:f'; registered: "):
         run_batch(str(tmp_path / "x.npy"), out, "no_such_module:f")
     assert not out.exists()  # failed before any work
-    with pytest.raises(AttributeError, match="nothing_here"):
+    with pytest.raises(BatchConfigError, match="never an import path"):
         load_process_item("batch_helpers:nothing_here")
 
 
@@ -354,12 +359,105 @@ def test_rerun_skips_everything_and_overwrite_reproduces(data, reference, tmp_pa
         assert (out / f"{n}.npy").read_bytes() == b
 
 
-def test_config_entry_point(data, reference, tmp_path):
+@pytest.fixture
+def site(tmp_path):
+    """An installed distribution declaring two processors in the entry-point group sciprior.processors: the test
+    problem, and one whose module would leave a marker file if it were ever imported."""
+    site = tmp_path / "site"
+    (site / "marker_processor.py").parent.mkdir()
+    marker = tmp_path / "imported.txt"
+    (site / "marker_processor.py").write_text(f"open({str(marker)!r}, 'w').close()\ndef f(spec): pass\n")
+    h.install_processor(site, {"tiny_diffpir": "batch_helpers:process_item", "marker": "marker_processor:f",
+                               "broken": "no_such_module_here:f"})
+    sys.path.insert(0, str(site))
+    importlib.invalidate_caches()
+    yield site, marker
+    sys.path.remove(str(site))
+    sys.modules.pop("marker_processor", None)
+
+
+def test_processor_registry_names_and_loads_only_what_is_asked_for(site, tmp_path):
+    from sciprior.app.batch import registry
+
+    _, marker = site
+    assert registry.names() == ["broken", "marker", "reconstruct", "tiny_diffpir"]
+    assert registry.get("tiny_diffpir") is h.process_item
+    assert registry.get("reconstruct").__name__ == "ReconstructItem"
+    assert not marker.exists()  # listing and loading other names imported nothing of it
+    with pytest.raises(BatchConfigError, match=r"process_item: processor 'broken' \(entry point "
+                                               r"'no_such_module_here:f'.*cannot be loaded: ModuleNotFoundError"):
+        registry.get("broken")
+    for bad in ("marker_processor:f", "batch_helpers:process_item", "tests.app.batch_helpers.process_item", ""):
+        with pytest.raises(BatchConfigError, match=r"process_item: .*reconstruct, tiny_diffpir"):
+            registry.get(bad)
+    assert not marker.exists()
+    assert registry.get("marker") is sys.modules["marker_processor"].f and marker.exists()
+
+
+def test_process_kwargs_are_checked_against_the_signature_before_anything_runs(data, tmp_path):
+    _, pattern, _ = data
+    out, log = tmp_path / "out", tmp_path / "calls.txt"
+    with pytest.raises(BatchConfigError, match=r"process_kwargs\.stepz: unknown setting of processor "
+                                               r"'process_item'; it accepts: steps, log, sleep, truth_dir"):
+        run_batch(pattern, out, TARGET, process_kwargs={"stepz": 3, "log": str(log)})
+    with pytest.raises(BatchConfigError, match=r"process_kwargs\.config: processor 'reconstruct' needs this"):
+        run_batch(pattern, out, "reconstruct")
+    with pytest.raises(BatchConfigError, match=r"process_kwargs\.overrides\.input: set for every item"):
+        run_batch(pattern, out, "reconstruct", process_kwargs={"config": str(h.write_ct_config(tmp_path / "c.yaml")),
+                                                               "overrides": {"input": "x"}})
+    assert not out.exists() and not log.exists()
+
+
+def _ct_batch(tmp_path: Path, order: list[Path], out: Path) -> dict[str, str]:
+    cfg = h.write_ct_config(tmp_path / "recon.yaml")
+    summary = run_batch([str(p) for p in order], out, "reconstruct", process_kwargs={"config": str(cfg)},
+                        progress=False)
+    with open(out / "summary.csv", newline="") as f:
+        table = {t["name"]: t["status"] for t in csv.DictReader(f)}
+    assert table == {r["name"]: r["status"] for r in summary.rows}
+    return table
+
+
+def test_a_bad_input_first_or_last_gives_the_same_summary(tmp_path):
+    """Issue 15: an unreadable FIRST input aborted the whole batch (config validated against it), while the same
+    file elsewhere was recorded failed. The config is now validated against the inputs in order until one
+    validates, so the order never matters."""
+    good = h.make_ct_inputs(tmp_path / "in", 3)
+    bad = tmp_path / "in" / "ct_bad.nii.gz"
+    bad.write_bytes(b"this is not a NIfTI file")
+    first = _ct_batch(tmp_path, [bad, *good], tmp_path / "out_first")
+    last = _ct_batch(tmp_path, [*good, bad], tmp_path / "out_last")
+    assert first == last == {"ct_bad": "failed", "ct_0": "ok", "ct_1": "ok", "ct_2": "ok"}
+    rec = read_record(tmp_path / "out_first", "ct_bad")
+    assert "ConfigError" in rec["error"] and str(bad) in rec["error"]
+    for out in ("out_first", "out_last"):
+        assert "reconstruction.nii.gz" in {p.name for p in (tmp_path / out / "ct_0").iterdir()}
+    # every input bad: the batch still runs and records each one failed, with its own message
+    bad2 = tmp_path / "in" / "ct_bad2.nii.gz"
+    bad2.write_bytes(b"\x00" * 10)
+    allbad = _ct_batch(tmp_path, [bad, bad2], tmp_path / "out_bad")
+    assert allbad == {"ct_bad": "failed", "ct_bad2": "failed"}
+    assert str(bad2) in read_record(tmp_path / "out_bad", "ct_bad2")["error"]
+
+
+def test_a_config_error_stops_the_batch_before_any_compute_whatever_the_order(tmp_path):
+    good = h.make_ct_inputs(tmp_path / "in", 2)
+    bad = tmp_path / "in" / "ct_bad.nii.gz"
+    bad.write_bytes(b"not nifti")
+    cfg = h.write_ct_config(tmp_path / "recon.yaml", n_views=0)
+    for order in ([bad, *good], [*good, bad]):
+        with pytest.raises(BatchConfigError, match=rf"process_kwargs\.config '{re.escape(str(cfg))}': "
+                                                   r"modality\.n_views\b.*>= 1"):
+            run_batch([str(p) for p in order], tmp_path / "out", "reconstruct", process_kwargs={"config": str(cfg)})
+        assert not (tmp_path / "out").exists()
+
+
+def test_config_entry_point(data, reference, site, tmp_path):
     _, pattern, _ = data
     _, ref_outputs, _ = reference
     cfg = tmp_path / "batch.yaml"
     out = tmp_path / "out"
-    cfg.write_text(f"inputs: '{pattern}'\noutput_dir: {out}\nprocess_item: {TARGET}\n"
+    cfg.write_text(f"inputs: '{pattern}'\noutput_dir: {out}\nprocess_item: tiny_diffpir\n"
                    "process_kwargs: {steps: 6}\ndevices: 1\naccelerator: cpu\n")
     c = parse_config([str(cfg), "--base_seed", "4"])
     assert (c.inputs, c.output_dir, c.process_kwargs, c.base_seed) == (pattern, str(out), {"steps": 6}, 4)

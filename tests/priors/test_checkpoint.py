@@ -63,7 +63,7 @@ def test_round_trip(tmp_path, dtype, spatial_dims):
 
 
 def test_range_typed_metadata_is_written_as_plain_yaml(tmp_path):
-    """A parsed config holds range-typed values (PositiveInt is an int subclass): exported as builtins, safe_load-able."""
+    """A parsed config holds range-typed values (PositiveInt is an int subclass): exported as builtins."""
     from sciprior.ranges import PositiveFloat, PositiveInt
     meta = {"batch_size": PositiveInt(16), "lr": PositiveFloat(2e-4), "sizes": (PositiveInt(64), 64)}
     path = save_checkpoint(make(), tmp_path / "c", metadata=meta)

@@ -1,9 +1,18 @@
 """Batch engine: process many inputs with Lightning's predict loop, spread over devices and nodes.
 
 ``run_batch(inputs, output_dir, process_item, ...)`` knows nothing about modalities. It hands each
-input to ``process_item(spec: ItemSpec) -> ItemOutput`` (a function, a class instantiated once per
-process, or an import path ``"package.module:attr"``), which reconstructs ONE input and returns the
-arrays / files to write and a metrics dict. The engine guarantees:
+input to ``process_item(spec: ItemSpec) -> ItemOutput``, which reconstructs ONE input and returns the
+arrays / files to write and a metrics dict. ``process_item`` is the name of a registered processor
+(``reconstruct``, or one an installed package declares in the entry-point group ``sciprior.processors``:
+:mod:`~sciprior.app.batch.registry`; a config never names code by import path), or, from Python, the
+function or class itself (a class is instantiated once per process). The engine guarantees:
+
+- **Nothing runs before everything is checked.** The inputs (glob, manifest, names), the output directory
+  (creatable, not a file, not holding the inputs), the run settings (devices, num_nodes, num_threads ...),
+  the processor's name and ``process_kwargs`` (against its signature; ``reconstruct`` also validates its
+  reconstruction config against the inputs in order until one validates) and the Lightning trainer are
+  checked by :func:`prepare_batch` before anything is written: a bad setting raises ``BatchConfigError``
+  naming the key, and the output directory is not even created.
 
 - **Every input is processed exactly once** per run. The pending inputs are listed by global rank 0
   and broadcast; each rank takes the items ``rank, rank + W, rank + 2W, ...`` (:class:`ShardSampler`,
@@ -22,7 +31,8 @@ arrays / files to write and a metrics dict. The engine guarantees:
 - **Resumable.** Done items are skipped (``overwrite=False``), so a killed or SLURM-requeued job
   picks up where it stopped; failed items are retried unless ``retry_failed=False``.
 - **Failures are contained.** An exception in ``process_item`` (or in writing its outputs) marks that
-  item ``failed`` with the error message; the other items go on.
+  item ``failed`` with the error message; the other items go on. An input that is not a regular file or
+  directory (a FIFO, a device) is recorded failed without being opened (reading it could block forever).
 - **A summary of every item** (``summary.csv`` and ``summary.json`` in the output directory, one row
   per input: status ok / failed / skipped, error, wall time, rank, host, seed, outputs, metrics) is
   merged by global rank 0 from the per-item records once every rank has finished, so it is complete
@@ -44,6 +54,7 @@ import dataclasses
 import io
 import json
 import logging
+import math
 import os
 import random
 import socket
@@ -63,7 +74,8 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from sciprior.app.batch.inputs import import_target, load_process_item, resolve_inputs
+from sciprior.app.batch import registry
+from sciprior.app.batch.inputs import resolve_inputs
 from sciprior.app.batch.records import (
     STATE_DIR,
     clean_stale,
@@ -74,8 +86,9 @@ from sciprior.app.batch.records import (
     record_path,
     scalar,
 )
-from sciprior.app.batch.spec import FileContent, ItemOutput, ItemSpec, ProcessItem
+from sciprior.app.batch.spec import BatchConfigError, FileContent, ItemOutput, ItemSpec, ProcessItem, input_problem
 from sciprior.io.atomic import atomic_write, commit_dir, remove, temp_name
+from sciprior.io.paths import InputError
 
 log = logging.getLogger("sciprior.batch")
 
@@ -198,8 +211,9 @@ class _Outcome:
 class BatchModule(pl.LightningModule):
     """Runs ``process_item`` on one :class:`ItemSpec` per ``predict_step`` and catches its errors.
 
-    ``process_item`` may be an import path string (resolved in :meth:`setup` on every process, so it
-    works under DDP, ``ddp_spawn`` and from a YAML config) or a callable (must be picklable for spawn).
+    ``process_item`` may be a registered name (:mod:`~sciprior.app.batch.registry`, resolved in :meth:`setup`
+    on every process, so it works under DDP, ``ddp_spawn`` and from a YAML config) or a callable (must be
+    picklable for spawn).
     """
 
     def __init__(self, process_item: str | ProcessItem, process_kwargs: Mapping[str, Any] | None = None,
@@ -214,7 +228,7 @@ class BatchModule(pl.LightningModule):
         if self.num_threads:
             torch.set_num_threads(int(self.num_threads))
         if self._fn is None:
-            self._fn = load_process_item(self.target, self.process_kwargs)
+            self._fn = registry.load_process_item(self.target, self.process_kwargs)
 
     def predict_step(self, spec: ItemSpec, batch_idx: int = 0) -> _Outcome:
         if self._fn is None:
@@ -228,6 +242,9 @@ class BatchModule(pl.LightningModule):
         random.seed(spec.seed)
         t0 = time.perf_counter()
         try:
+            problem = input_problem(spec.path)  # a FIFO or device would block the processor forever
+            if problem is not None:
+                raise InputError(problem)
             out = self._fn(spec)
             if not isinstance(out, ItemOutput):
                 raise TypeError(f"process_item returned {type(out).__name__}, "
@@ -251,6 +268,9 @@ class BatchWriter(BasePredictionWriter):
         if not isinstance(suffix, str) or any(c in suffix for c in "/\\\0"):
             raise ValueError(f"output suffix {suffix!r} of item {spec.name} must be a string without "
                              "path separators")
+        if fname in (SUMMARY_CSV, SUMMARY_JSON):
+            raise ValueError(f"output {fname} of item {spec.name} would replace the batch's own {fname}; rename the "
+                             "item (CSV manifest `name` column) or the suffix")
         for k in range(len(spec.name) + 1, len(fname) + 1):
             if fname[:k] in self.names:
                 raise ValueError(f"output {fname} of item {spec.name} could be mistaken for an output of "
@@ -401,8 +421,170 @@ def summarize(inputs: str | os.PathLike | Sequence[str | os.PathLike], output_di
 # entry points
 
 
+def _positive_int(value: Any, key: str, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BatchConfigError(f"{key}: expected an integer >= 1{' or null' if allow_none else ''}, got {value!r}",
+                               key=key)
+
+
+def _check_devices(devices: Any) -> None:
+    msg = (f"devices: expected a number of devices >= 1, 'auto', or a non-empty list of device indices, got "
+           f"{devices!r}")
+    if isinstance(devices, str):
+        s = devices.strip()
+        if s == "auto" or (s.isdigit() and int(s) >= 1):
+            return
+        parts = [p.strip() for p in s.split(",") if p.strip()]
+        if "," in s and parts and all(p.isdigit() for p in parts) and len(set(parts)) == len(parts):
+            return
+        raise BatchConfigError(msg, key="devices")
+    if isinstance(devices, (list, tuple)):
+        if devices and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in devices) \
+                and len(set(devices)) == len(devices):
+            return
+        raise BatchConfigError(msg, key="devices")
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+        raise BatchConfigError(msg + " (all devices: 'auto')", key="devices")
+
+
+def check_output_dir(output_dir: Any) -> Path:
+    """The absolute output directory, checked before anything is created: not empty, a directory if it exists,
+    else creatable (its first existing ancestor is a writable directory). Raises :class:`BatchConfigError`
+    naming ``output_dir``."""
+    s = "" if output_dir is None else os.fspath(output_dir)
+    if not str(s).strip():
+        raise BatchConfigError("output_dir: empty; give the directory the outputs, summary.csv and the batch's "
+                               "records go to", key="output_dir")
+    out = Path(os.path.abspath(os.path.expanduser(s)))
+    if out.exists():
+        if not out.is_dir():
+            raise BatchConfigError(f"output_dir: {str(out)!r} exists and is not a directory", key="output_dir")
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise BatchConfigError(f"output_dir: {str(out)!r} is not writable", key="output_dir")
+        return out
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise BatchConfigError(f"output_dir: {str(out)!r} cannot be created: {str(parent)!r} is not a directory",
+                               key="output_dir")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BatchConfigError(f"output_dir: {str(out)!r} cannot be created: {str(parent)!r} is not writable",
+                               key="output_dir")
+    return out
+
+
+def _check_inputs_outside_outputs(specs: Sequence[ItemSpec], out: Path) -> None:
+    """No input may sit where the batch writes (``<output_dir>/<name>*``, the summary, the state directory)."""
+    names = {s.name for s in specs}
+    reserved = {SUMMARY_CSV, SUMMARY_JSON, STATE_DIR}
+    for s in specs:
+        try:
+            rel = Path(s.path).relative_to(out)
+        except ValueError:
+            continue
+        first = rel.parts[0] if rel.parts else ""
+        owner = next((first[:k] for k in range(1, len(first) + 1) if first[:k] in names), None)
+        if first in reserved or owner is not None or not rel.parts:
+            what = f"the outputs of item {owner!r} ({out / owner}*)" if owner else "the batch's own files"
+            raise BatchConfigError(f"inputs: {s.path} lies in output_dir {str(out)!r} where {what} are written; "
+                                   "move the inputs or choose another output_dir", key="output_dir")
+
+
+@dataclass
+class PreparedBatch:
+    """A batch whose every setting is checked and nothing is written yet; :meth:`run` runs it."""
+
+    specs: list[ItemSpec]
+    output_dir: Path
+    trainer: pl.Trainer
+    module: BatchModule
+    data: BatchDataModule
+    writer: BatchWriter
+
+    def run(self) -> BatchSummary:
+        """Process the pending items (see the module docstring); returns the summary on every process."""
+        out, specs, trainer, data = self.output_dir, self.specs, self.trainer, self.data
+        state = out / STATE_DIR
+        items_dir(out).mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*Total length of .* across ranks is zero.*")
+            warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+            trainer.predict(self.module, datamodule=data, return_predictions=False)
+
+        # every rank has written its records: rank 0 merges them (ddp_spawn: the main process does)
+        trainer.strategy.barrier("sciprior-batch-summary")
+        if trainer.is_global_zero:
+            # ddp_spawn: the plan lived in the (finished) workers; the main process reads it from disk
+            plan = data.plan if data.plan is not None else _Plan.load(out, specs)
+            write_summary(_summary_rows(plan), out)
+            for ckpt in state.glob("hpc_ckpt_*.ckpt"):  # SLURM requeue checkpoints: not needed once done
+                ckpt.unlink(missing_ok=True)
+        trainer.strategy.barrier("sciprior-batch-summary-written")
+        summary = _read_summary(out)
+        if trainer.is_global_zero:
+            log.info("batch: %s", summary)
+        return summary
+
+
+def prepare_batch(inputs: str | os.PathLike | Sequence[str | os.PathLike], output_dir: str | os.PathLike,
+                  process_item: str | ProcessItem = "reconstruct", *,
+                  process_kwargs: Mapping[str, Any] | None = None, devices: int | str | list[int] = 1,
+                  num_nodes: int = 1, accelerator: str = "cpu", strategy: str | Any = "auto", base_seed: int = 0,
+                  overwrite: bool = False, retry_failed: bool = True, progress: bool = True,
+                  num_threads: int | None = None, barrier_timeout_h: float = 72.0,
+                  trainer_kwargs: Mapping[str, Any] | None = None) -> PreparedBatch:
+    """Every check of :func:`run_batch` that needs no compute, in this order: the inputs, the output directory,
+    the run settings, the processor (a registered name or a callable, its ``process_kwargs``, and its own
+    ``check_config``), the Lightning trainer. Nothing is written; raises ``BatchConfigError`` (a ValueError naming
+    the key), or ``FileNotFoundError`` / ``ValueError`` naming the input, manifest or glob."""
+    out = check_output_dir(output_dir)
+    specs = resolve_inputs(inputs, out, base_seed)
+    _check_inputs_outside_outputs(specs, out)
+    _check_devices(devices)
+    _positive_int(num_nodes, "num_nodes")
+    _positive_int(num_threads, "num_threads", allow_none=True)
+    if isinstance(base_seed, bool) or not isinstance(base_seed, int):
+        raise BatchConfigError(f"base_seed: expected an integer, got {base_seed!r}", key="base_seed")
+    if isinstance(barrier_timeout_h, bool) or not isinstance(barrier_timeout_h, (int, float)) \
+            or not math.isfinite(barrier_timeout_h) or barrier_timeout_h <= 0:
+        raise BatchConfigError(f"barrier_timeout_h: expected a positive number of hours, got {barrier_timeout_h!r}",
+                               key="barrier_timeout_h")
+    for key, value in (("overwrite", overwrite), ("retry_failed", retry_failed), ("progress", progress)):
+        if not isinstance(value, bool):
+            raise BatchConfigError(f"{key}: expected true or false, got {value!r}", key=key)
+    if isinstance(process_item, str):
+        registry.get(process_item)  # an unregistered name fails here, before the trainer (nothing imported)
+
+    state = out / STATE_DIR
+    kwargs: dict[str, Any] = dict(
+        accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
+        inference_mode=False, logger=False, enable_checkpointing=False, enable_model_summary=False,
+        use_distributed_sampler=False, enable_progress_bar=progress, default_root_dir=str(state),
+    )
+    kwargs.update(trainer_kwargs or {})
+    writer = BatchWriter([s.name for s in specs])
+    kwargs["callbacks"] = [*list(kwargs.get("callbacks") or []), writer]
+    try:
+        trainer = pl.Trainer(**kwargs)
+    except Exception as e:  # MisconfigurationException, ValueError, ...: Lightning names the argument
+        raise BatchConfigError(f"accelerator / devices / num_nodes / strategy: the Lightning Trainer refuses "
+                               f"accelerator={accelerator!r}, devices={devices!r}, num_nodes={num_nodes!r}, "
+                               f"strategy={strategy!r}: {e}", key="accelerator") from e
+    # the processor's settings, checked against its signature and (its check_config) against the inputs
+    target, kw = registry.prepare(process_item, process_kwargs, [s.path for s in specs])
+    if hasattr(trainer.strategy, "_timeout"):  # DDP: ranks that finish early wait at the final barrier
+        trainer.strategy._timeout = timedelta(hours=barrier_timeout_h)
+    module = BatchModule(process_item if isinstance(process_item, str) else target, kw, num_threads)
+    data = BatchDataModule(specs, overwrite=overwrite, retry_failed=retry_failed)
+    return PreparedBatch(specs, out, trainer, module, data, writer)
+
+
 def run_batch(inputs: str | os.PathLike | Sequence[str | os.PathLike], output_dir: str | os.PathLike,
-              process_item: str | ProcessItem, *, process_kwargs: Mapping[str, Any] | None = None,
+              process_item: str | ProcessItem = "reconstruct", *, process_kwargs: Mapping[str, Any] | None = None,
               devices: int | str | list[int] = 1, num_nodes: int = 1, accelerator: str = "cpu",
               strategy: str | Any = "auto", base_seed: int = 0, overwrite: bool = False,
               retry_failed: bool = True, progress: bool = True, num_threads: int | None = None,
@@ -413,9 +595,10 @@ def run_batch(inputs: str | os.PathLike | Sequence[str | os.PathLike], output_di
     Args:
         inputs: glob, manifest (.csv/.tsv/.txt/.lst) or list of paths (:func:`resolve_inputs`).
         output_dir: created if missing; holds outputs, ``summary.csv/json`` and ``.sciprior_batch/``.
-        process_item: ``f(ItemSpec) -> ItemOutput``, a class building one, or its import path
-            ``"package.module:attr"`` (:func:`load_process_item`; prefer a path for DDP/configs).
-        process_kwargs: constructor / keyword arguments of ``process_item``.
+        process_item: the name of a registered processor (``"reconstruct"``, or an entry point of the group
+            ``sciprior.processors``: :mod:`sciprior.app.batch.registry`; never an import path), or the
+            processor itself: ``f(ItemSpec, **process_kwargs) -> ItemOutput`` or a class building one.
+        process_kwargs: constructor / keyword arguments of ``process_item`` (checked against its signature).
         devices, num_nodes, accelerator, strategy: as in ``lightning.pytorch.Trainer``; several devices
             or nodes run DDP (the script is relaunched once per extra local device, or started by srun).
         base_seed: item seeds are ``item_seed(name, base_seed)``.
@@ -430,47 +613,16 @@ def run_batch(inputs: str | os.PathLike | Sequence[str | os.PathLike], output_di
 
     Returns:
         the :class:`BatchSummary` (every process returns it).
+
+    Raises:
+        BatchConfigError, FileNotFoundError, ValueError: before anything is written or computed
+            (:func:`prepare_batch`).
     """
-    specs = resolve_inputs(inputs, output_dir, base_seed)
-    if isinstance(process_item, str):
-        import_target(process_item)  # fail before starting processes (instantiated later, once per rank)
-    out = Path(specs[0].output_dir)
-    state = out / STATE_DIR
-    items_dir(out).mkdir(parents=True, exist_ok=True)
-
-    module = BatchModule(process_item, process_kwargs, num_threads)
-    data = BatchDataModule(specs, overwrite=overwrite, retry_failed=retry_failed)
-    writer = BatchWriter([s.name for s in specs])
-    kwargs: dict[str, Any] = dict(
-        accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
-        inference_mode=False, logger=False, enable_checkpointing=False, enable_model_summary=False,
-        use_distributed_sampler=False, enable_progress_bar=progress, default_root_dir=str(state),
-    )
-    kwargs.update(trainer_kwargs or {})
-    kwargs["callbacks"] = [*list(kwargs.get("callbacks") or []), writer]
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*Total length of .* across ranks is zero.*")
-        warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
-        trainer = pl.Trainer(**kwargs)
-        if hasattr(trainer.strategy, "_timeout"):  # DDP: ranks that finish early wait at the final barrier
-            trainer.strategy._timeout = timedelta(hours=barrier_timeout_h)
-        trainer.predict(module, datamodule=data, return_predictions=False)
-
-    # every rank has written its records: rank 0 merges them (ddp_spawn: the main process does)
-    trainer.strategy.barrier("sciprior-batch-summary")
-    if trainer.is_global_zero:
-        # ddp_spawn: the plan lived in the (finished) workers; the main process reads it from disk
-        plan = data.plan if data.plan is not None else _Plan.load(out, specs)
-        write_summary(_summary_rows(plan), out)
-        for ckpt in state.glob("hpc_ckpt_*.ckpt"):  # SLURM requeue checkpoints: not needed once done
-            ckpt.unlink(missing_ok=True)
-    trainer.strategy.barrier("sciprior-batch-summary-written")
-    summary = _read_summary(out)
-    if trainer.is_global_zero:
-        log.info("batch: %s", summary)
-    return summary
+    return prepare_batch(inputs, output_dir, process_item, process_kwargs=process_kwargs, devices=devices,
+                         num_nodes=num_nodes, accelerator=accelerator, strategy=strategy, base_seed=base_seed,
+                         overwrite=overwrite, retry_failed=retry_failed, progress=progress, num_threads=num_threads,
+                         barrier_timeout_h=barrier_timeout_h, trainer_kwargs=trainer_kwargs).run()
 
 
-__all__ = ["BatchDataModule", "BatchModule", "BatchSummary", "BatchWriter", "ShardSampler", "run_batch",
-           "summarize", "write_summary"]
+__all__ = ["BatchDataModule", "BatchModule", "BatchSummary", "BatchWriter", "PreparedBatch", "ShardSampler",
+           "check_output_dir", "prepare_batch", "run_batch", "summarize", "write_summary"]

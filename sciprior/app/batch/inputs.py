@@ -1,18 +1,15 @@
-"""The inputs of a batch: globs, manifests and lists of paths -> item specs with stable names and seeds; the
-per-input processor named in a config."""
+"""The inputs of a batch: globs, manifests and lists of paths -> item specs with stable names and seeds (the
+processor a config names is looked up in :mod:`sciprior.app.batch.registry`)."""
 
 from __future__ import annotations
 
 import csv
-import functools
 import glob as globlib
-import importlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path, PurePath
-from typing import Any
 
-from sciprior.app.batch.spec import ItemSpec, ProcessItem, item_seed
+from sciprior.app.batch.spec import ItemSpec, item_seed
 
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".txt", ".lst")
 _PATH_COLUMNS = ("path", "input", "file")
@@ -29,7 +26,7 @@ def _strip_ext(fname: str) -> str:
 def _check_name(name: str, where: str) -> str:
     bad = not name or name.startswith(".") or any(c in name for c in "/\\\0\n\r\t") or name in (".", "..")
     if bad:
-        raise ValueError(f"batch inputs: {where}: item name {name!r} cannot be used as a file name "
+        raise ValueError(f"inputs: {where}: item name {name!r} cannot be used as a file name "
                          "(empty, starts with '.', or contains a path separator or control character)")
     return name
 
@@ -48,7 +45,7 @@ def _default_names(paths: Sequence[str]) -> list[str]:
     seen: dict[str, str] = {}
     for n, p in zip(names, paths):
         if n in seen:
-            raise ValueError(f"batch inputs: {seen[n]} and {p} both get the name {n!r}; give the items "
+            raise ValueError(f"inputs: {seen[n]} and {p} both get the name {n!r}; give the items "
                              "explicit names with a CSV manifest (columns `path`, `name`)")
         seen[n] = p
     return names
@@ -56,8 +53,17 @@ def _default_names(paths: Sequence[str]) -> list[str]:
 
 def _read_manifest(path: Path) -> tuple[list[str], list[str | None], list[dict[str, str]]]:
     """Paths (absolute), names (or None) and extra columns of a manifest; see :func:`resolve_inputs`."""
+    if not path.exists():
+        raise FileNotFoundError(f"inputs: manifest {path} does not exist")
     if not path.is_file():
-        raise FileNotFoundError(f"batch inputs: manifest {path} does not exist")
+        raise ValueError(f"inputs: manifest {path} is not a regular file")
+    try:
+        return _parse_manifest(path)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"inputs: manifest {path} cannot be read as UTF-8 text / CSV: {e}") from e
+
+
+def _parse_manifest(path: Path) -> tuple[list[str], list[str | None], list[dict[str, str]]]:
     base = path.parent
     paths: list[str] = []
     names: list[str | None] = []
@@ -69,7 +75,7 @@ def _read_manifest(path: Path) -> tuple[list[str], list[str | None], list[dict[s
             cols = [c.strip() for c in (reader.fieldnames or [])]
             key = next((c for c in _PATH_COLUMNS if c in cols), None)
             if key is None:
-                raise ValueError(f"batch inputs: manifest {path} needs a column named one of "
+                raise ValueError(f"inputs: manifest {path} needs a column named one of "
                                  f"{_PATH_COLUMNS}; its header is {cols}")
             for row in reader:
                 row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
@@ -89,25 +95,27 @@ def _read_manifest(path: Path) -> tuple[list[str], list[str | None], list[dict[s
             params.append({})
             lines.append(i)
     if not paths:
-        raise ValueError(f"batch inputs: manifest {path} lists no inputs")
+        raise ValueError(f"inputs: manifest {path} lists no inputs")
     resolved = [os.path.abspath(os.path.join(base, os.path.expanduser(p))) for p in paths]
     missing = [f"line {ln}: {p}" for ln, p in zip(lines, resolved) if not os.path.exists(p)]
     if missing:
         more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
-        raise FileNotFoundError(f"batch inputs: manifest {path} lists {len(missing)} missing input(s): "
+        raise FileNotFoundError(f"inputs: manifest {path} lists {len(missing)} missing input(s): "
                                 + "; ".join(missing[:5]) + more)
     return resolved, names, params
 
 
 def _expand(pattern: str) -> list[str]:
+    if not pattern.strip():
+        raise ValueError("inputs: an empty path; give a glob, a manifest or a list of paths")
     pattern = os.path.expanduser(pattern)
     if globlib.has_magic(pattern):
         found = sorted(os.path.abspath(p) for p in globlib.glob(pattern, recursive=True))
         if not found:
-            raise FileNotFoundError(f"batch inputs: the glob {pattern!r} matched no files")
+            raise FileNotFoundError(f"inputs: the glob {pattern!r} matched no files")
         return found
     if not os.path.exists(pattern):
-        raise FileNotFoundError(f"batch inputs: {pattern} does not exist")
+        raise FileNotFoundError(f"inputs: {pattern} does not exist")
     return [os.path.abspath(pattern)]
 
 
@@ -138,12 +146,12 @@ def resolve_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike], outp
             names, params = [None] * len(paths), [{} for _ in paths]
     else:
         if len(inputs) == 0:
-            raise ValueError("batch inputs: the list of inputs is empty")
+            raise ValueError("inputs: the list of inputs is empty")
         paths = [p for item in inputs for p in _expand(os.fspath(item))]
         names, params = [None] * len(paths), [{} for _ in paths]
     dup = sorted({p for p in paths if paths.count(p) > 1}) if len(set(paths)) != len(paths) else []
     if dup:
-        raise ValueError(f"batch inputs: listed more than once: {dup[:5]}")
+        raise ValueError(f"inputs: listed more than once: {dup[:5]}")
     if all(n is None for n in names):
         final = _default_names(paths)
     else:
@@ -152,43 +160,10 @@ def resolve_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike], outp
     final = [_check_name(n, p) for n, p in zip(final, paths)]
     if len(set(final)) != len(final):
         clash = sorted({n for n in final if final.count(n) > 1})
-        raise ValueError(f"batch inputs: item names are not unique: {clash[:5]}")
+        raise ValueError(f"inputs: item names are not unique: {clash[:5]}")
     out = os.path.abspath(os.fspath(output_dir))
     return [ItemSpec(i, n, p, item_seed(n, base_seed), out, dict(prm))
             for i, (n, p, prm) in enumerate(zip(final, paths, params))]
 
 
-def import_target(target: str) -> Any:
-    """The object named by ``"package.module:attr"`` (or ``"package.module.attr"``)."""
-    mod_name, sep, attr = target.partition(":")
-    if not sep:
-        mod_name, _, attr = target.rpartition(".")
-    if not mod_name or not attr:
-        raise ValueError(f"process_item {target!r}: expected 'package.module:function'")
-    try:
-        obj = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise ImportError(f"process_item {target!r}: cannot import module {mod_name!r}: {e}") from e
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise AttributeError(f"process_item {target!r}: module {mod_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    return obj
-
-
-def load_process_item(target: str | ProcessItem, kwargs: Mapping[str, Any] | None = None) -> ProcessItem:
-    """Resolve ``"package.module:attr"`` (or ``"package.module.attr"``) or a callable.
-
-    A class is instantiated once with ``kwargs`` (its instance is the callable, so a model is loaded
-    once per process); a function gets ``kwargs`` bound with ``functools.partial``.
-    """
-    obj = import_target(target) if isinstance(target, str) else target
-    kwargs = dict(kwargs or {})
-    if isinstance(obj, type):
-        return obj(**kwargs)
-    if not callable(obj):
-        raise TypeError(f"process_item {target!r} is not callable")
-    return functools.partial(obj, **kwargs) if kwargs else obj
-
-
-__all__ = ["MANIFEST_SUFFIXES", "load_process_item", "resolve_inputs"]
+__all__ = ["MANIFEST_SUFFIXES", "resolve_inputs"]

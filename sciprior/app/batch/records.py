@@ -68,7 +68,7 @@ def is_done(spec: ItemSpec) -> bool:
 
 def clean_stale(output_dir: Path) -> int:
     """Delete the in-flight files and scratch directories an interrupted run left behind."""
-    return remove_stale(output_dir) + remove_stale(items_dir(output_dir))
+    return remove_stale(output_dir) + remove_stale(Path(output_dir) / STATE_DIR) + remove_stale(items_dir(output_dir))
 
 
 __all__ = ["STATE_DIR", "clean_stale", "is_done", "items_dir", "npy_bytes", "read_record", "record_path", "scalar"]

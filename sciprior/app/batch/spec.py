@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +15,15 @@ import torch
 from sciprior.io.atomic import FileContent
 
 Scalar = float | int | str | bool | None
+
+
+class BatchConfigError(ValueError):
+    """A batch config that cannot run; raised before any item is processed. The message names the key (and
+    file) at fault; ``key`` is that key (``process_item``, ``process_kwargs.config``, ``output_dir``, ...)."""
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -79,6 +90,21 @@ class ItemOutput:
 ProcessItem = Callable[[ItemSpec], ItemOutput]
 
 
+def input_problem(path: str) -> str | None:
+    """Why ``path`` cannot be an input (it is missing, a FIFO, a socket or a device: reading those may block
+    forever or never end), or None for a regular file or a directory. Only ``stat``-s it, never opens it."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        return f"input {path!r} cannot be read: {e.strerror or e}"
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a character device" if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode)
+            else "not a regular file")
+    return f"input {path!r} is {kind}, not a regular file or directory; it is not read"
+
+
 def item_seed(name: str, base_seed: int = 0) -> int:
     """``(base_seed + blake2b-64(name)) mod 2**63``: stable across processes, machines and Python runs
     (unlike ``hash()``), independent of rank, batch position and device count."""
@@ -86,4 +112,5 @@ def item_seed(name: str, base_seed: int = 0) -> int:
     return (int(base_seed) + h) % (2**63)
 
 
-__all__ = ["FileContent", "ItemOutput", "ItemSpec", "ProcessItem", "Scalar", "item_seed"]
+__all__ = ["BatchConfigError", "FileContent", "ItemOutput", "ItemSpec", "ProcessItem", "Scalar", "input_problem",
+           "item_seed"]
