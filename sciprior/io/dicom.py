@@ -20,6 +20,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -225,7 +226,7 @@ def dicom_shape(paths: Sequence[Path], key: str = "input") -> tuple[int, int, in
     import pydicom
 
     try:
-        ds = pydicom.dcmread(str(paths[0]), stop_before_pixels=True)
+        ds = pydicom.dcmread(str(paths[0]), defer_size=1024)  # large values (the pixels) are not read
     except Exception as e:  # pydicom raises several types
         raise InputError(f"{key}: cannot read the DICOM header of {str(paths[0])!r}: {e}") from e
     missing = [f"{tag} {name}" for name, tag in (("Rows", "(0028,0010)"), ("Columns", "(0028,0011)"))
@@ -237,8 +238,26 @@ def dicom_shape(paths: Sequence[Path], key: str = "input") -> tuple[int, int, in
     if rows < 1 or cols < 1:
         raise InputError(f"{key}: the DICOM file {str(paths[0])!r} declares an empty image ({rows} x {cols})")
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    _check_pixel_data_length(ds, paths[0], rows, cols, frames, key)
     n = len(paths) if len(paths) > 1 else frames
     return cols, rows, n
+
+
+def _check_pixel_data_length(ds: Any, path: Path, rows: int, cols: int, frames: int, key: str) -> None:
+    """An uncompressed PixelData element shorter than Rows x Columns x BitsAllocated x samples x frames (a truncated
+    or damaged file) is refused naming the file; the element's length is read from its header, not its bytes."""
+    el = ds.get_item(0x7FE00010, keep_deferred=True) if "PixelData" in ds else None
+    if el is None:
+        raise InputError(f"{key}: the DICOM file {str(path)!r} has no pixel data (no (7FE0,0010) PixelData element)")
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is None or ts.is_encapsulated or el.length == 0xFFFFFFFF:  # compressed: the decoder checks it
+        return
+    bits = int(ds.get("BitsAllocated", 16) or 16)
+    expected = rows * cols * frames * int(ds.get("SamplesPerPixel", 1) or 1) * bits // 8
+    if el.length < expected:
+        raise InputError(f"{key}: the DICOM file {str(path)!r} holds {el.length} bytes of pixel data but its header "
+                         f"declares {rows} x {cols} x {frames} frame(s) at {bits} bits ({expected} bytes): the file "
+                         "is truncated or damaged")
 
 
 __all__ = ["DicomImage", "DicomSeries", "dicom_affine", "dicom_shape", "read_dicom_grid", "read_dicom_image",

@@ -58,8 +58,22 @@ def nifti_shape(path: str | os.PathLike, key: str = "input") -> tuple[int, int, 
         raise InputError(f"{key}: {str(path)!r} has shape {full}; expected a 2D or 3D image")
     if min(full) < 1:
         raise InputError(f"{key}: {str(path)!r} has shape {full}: an empty axis")
+    _check_data_length(Path(path), img, full, key)
     shape = tuple(full[:3]) + (1,) * max(0, 3 - len(full))
     return lps_shape_from_file(shape, img.affine if img.affine is not None else np.eye(4))
+
+
+def _check_data_length(path: Path, img: Any, shape: tuple[int, ...], key: str) -> None:
+    """An uncompressed .nii shorter than its header's vox_offset + shape x dtype (a truncated file) is refused from
+    its size alone; a gzipped file is checked when its data are read."""
+    if path.name.lower().endswith(".gz") or not hasattr(img, "dataobj") or not hasattr(img.dataobj, "offset"):
+        return
+    needed = int(img.dataobj.offset) + int(np.prod(shape)) * np.dtype(img.get_data_dtype()).itemsize
+    size = path.stat().st_size
+    if size < needed:
+        raise InputError(f"{key}: the NIfTI file {str(path)!r} is {size} bytes long but its header declares "
+                         f"{'x'.join(map(str, shape))} {np.dtype(img.get_data_dtype())} voxels after byte "
+                         f"{int(img.dataobj.offset)} ({needed} bytes): the file is truncated")
 
 
 def write_nifti(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray,

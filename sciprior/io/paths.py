@@ -111,13 +111,32 @@ def sniff(path: str | os.PathLike) -> str | None:
     return None
 
 
+_SUFFIX_KINDS = {".nii": ("NIfTI", 348), ".nii.gz": ("gzipped NIfTI", 348), ".h5": ("HDF5", 8), ".hdf5": ("HDF5", 8),
+                 ".npy": ("NumPy", 10), ".nc": ("NetCDF", 4), ".png": ("PNG", 8)}
+
+
+def _named_like(path: Path) -> str:
+    """For a file whose name promises a kind its content does not have: its size and what that kind needs."""
+    name = path.name.lower()
+    for suffix, (kind, header) in _SUFFIX_KINDS.items():
+        if name.endswith(suffix) and not (suffix == ".nii" and name.endswith(".nii.gz")):
+            size = path.stat().st_size
+            if size == 0:
+                return f" (the file is empty although named as {kind})"
+            if size < header:
+                return (f" (it is named as {kind} but holds only {size} bytes, less than a {kind} header of {header} "
+                        "bytes: truncated?)")
+            return f" (it is named as {kind} but is not: damaged, truncated or misnamed?)"
+    return ""
+
+
 def file_kind(paths: Sequence[Path], key: str = "input") -> str:
     """The kind of an input (one file, or the files of a DICOM series), recognised by content."""
     first = Path(paths[0])
     kind = sniff(first)
     if kind is None:
         raise InputError(f"{key}: cannot tell what {str(first)!r} is: its content is none of NIfTI, DICOM, HDF5, "
-                         "NumPy .npy, NetCDF, PNG, JPEG or TIFF")
+                         f"NumPy .npy, NetCDF, PNG, JPEG or TIFF{_named_like(first)}")
     if len(paths) > 1 and kind != "dicom":
         raise InputError(f"{key}: expected one {kind} file, got {len(paths)} files")
     return kind
