@@ -220,9 +220,11 @@ def read_dicom_grid(paths: Sequence[Path], read_image: Callable[[Path], DicomIma
     return VolumeGrid.from_array(series.data, series.affine, meta={"source": "dicom", "file": str(paths[0]), **meta})
 
 
-def dicom_shape(paths: Sequence[Path], key: str = "input") -> tuple[int, int, int]:
+def dicom_shape(paths: Sequence[Path], key: str = "input", modality: str | None = None) -> tuple[int, int, int]:
     """``(X, Y, Z)`` = (columns, rows, slices) of a DICOM file or series from the first header only (axial
-    slices with the standard orientation: columns run R -> L, rows A -> P)."""
+    slices with the standard orientation: columns run R -> L, rows A -> P). With ``modality`` (e.g. ``"CT"``) the
+    header's Modality must be that one. Refused naming the file: no Rows/Columns, pixel data shorter than declared
+    (a truncated file), another modality."""
     import pydicom
 
     try:
@@ -234,6 +236,10 @@ def dicom_shape(paths: Sequence[Path], key: str = "input") -> tuple[int, int, in
     if missing:
         raise InputError(f"{key}: the DICOM file {str(paths[0])!r} has no {' and no '.join(missing)}: it holds no "
                          "image (a structured report, a presentation state, or a damaged header?)")
+    found = str(ds.get("Modality", "")).strip()
+    if modality is not None and found != modality:
+        raise InputError(f"{key}: the DICOM file {str(paths[0])!r} is not a {modality} image (Modality "
+                         f"{found or 'missing'!r})")
     rows, cols = int(ds.Rows), int(ds.Columns)
     if rows < 1 or cols < 1:
         raise InputError(f"{key}: the DICOM file {str(paths[0])!r} declares an empty image ({rows} x {cols})")
@@ -254,6 +260,10 @@ def _check_pixel_data_length(ds: Any, path: Path, rows: int, cols: int, frames: 
         return
     bits = int(ds.get("BitsAllocated", 16) or 16)
     expected = rows * cols * frames * int(ds.get("SamplesPerPixel", 1) or 1) * bits // 8
+    size = path.stat().st_size
+    if el.value_tell is not None and el.value_tell + el.length > size:
+        raise InputError(f"{key}: the DICOM file {str(path)!r} ends at byte {size} inside its pixel data (which "
+                         f"would end at byte {el.value_tell + el.length}): the file is truncated")
     if el.length < expected:
         raise InputError(f"{key}: the DICOM file {str(path)!r} holds {el.length} bytes of pixel data but its header "
                          f"declares {rows} x {cols} x {frames} frame(s) at {bits} bits ({expected} bytes): the file "

@@ -163,7 +163,7 @@ class CTAdapter(ModalityAdapter):
 
     def image_shape(self, input: str) -> tuple[int, ...]:
         kind, paths = self.resolve(input)
-        x, y, n = nifti_shape(paths[0]) if kind == "nifti" else dicom_shape(paths)
+        x, y, n = nifti_shape(paths[0]) if kind == "nifti" else dicom_shape(paths, modality="CT")
         h, w = target_size(self.image_size, (y, x))
         d = planned_depth(n, self.slices, key("slices"))
         return (1, h, w) if d is None else (1, d, h, w)
