@@ -212,16 +212,67 @@ def _check_stored_dtype(weights: Path, stored: torch.dtype) -> None:
                                       f"says {str(stored).removeprefix('torch.')}")
 
 
+def _network_kwargs(path: Path, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The network's build arguments from a checkpoint config: a known builder, known keys (denoiser too)."""
+    net_section = cfg["network"]
+    if net_section.get("builder") != "build_unet":
+        raise CheckpointError(f"load_checkpoint: {path}: unknown network builder {net_section.get('builder')!r}")
+    kwargs = net_section.get("kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise CheckpointError(f"load_checkpoint: {path}: network.kwargs is not a mapping")
+    allowed = set(inspect.signature(build_unet).parameters)
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise CheckpointError(f"load_checkpoint: {path}: unknown network config keys {unknown} "
+                              f"(build_unet accepts {sorted(allowed)})")
+    unknown = sorted(set(cfg["denoiser"]) - set(_DENOISER_KEYS))
+    if unknown:
+        raise CheckpointError(f"load_checkpoint: {path}: unknown denoiser config keys {unknown}")
+    return kwargs
+
+
+def _build_network(path: Path, kwargs: dict[str, Any], device: str | torch.device | None = None) -> torch.nn.Module:
+    try:
+        if device is None:
+            return build_unet(**kwargs)
+        with torch.device(device):
+            return build_unet(**kwargs)
+    except (TypeError, ValueError, RuntimeError, AssertionError) as e:  # MONAI checks with asserts and ValueErrors
+        raise CheckpointError(f"load_checkpoint: {path}: its network config does not build a network: {e}") from None
+
+
+def _check_tensor_shapes(path: Path, weights: Path, kwargs: dict[str, Any]) -> None:
+    """The stored tensors must be exactly the network's (names and shapes), compared on the meta device (no memory,
+    no weights read)."""
+    expected = {k: tuple(v.shape) for k, v in _build_network(path, kwargs, "meta").state_dict().items()}
+    with _open_weights(weights) as f:
+        stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    missing, unexpected = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+    shaped = [k for k in sorted(set(expected) & set(stored)) if expected[k] != stored[k]]
+    if missing or unexpected or shaped:
+        parts = ([f"{len(missing)} missing (e.g. {missing[0]})"] if missing else []) + \
+                ([f"{len(unexpected)} unexpected (e.g. {unexpected[0]})"] if unexpected else []) + \
+                ([f"{len(shaped)} of another shape (e.g. {shaped[0]}: stored {stored[shaped[0]]}, the network has "
+                  f"{expected[shaped[0]]})"] if shaped else [])
+        raise CheckpointError(f"load_checkpoint: {weights} does not hold the weights of the network its config "
+                              f"describes: tensors {'; '.join(parts)}")
+
+
 def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """The config of the checkpoint ``path`` after the checks that need no network: the config is valid, the
-    weights file is safetensors (not a pickle, not truncated) and matches the SHA-256 recorded at export."""
+    """The config of the checkpoint ``path`` after every check that loads no weights: the config is valid and
+    names a known network, the weights file is safetensors (not a pickle, not truncated), matches the SHA-256
+    recorded at export, and holds exactly the tensors (names, shapes, dtype) of that network."""
     path = Path(path)
     cfg = read_config(path)
     weights = path / WEIGHTS if path.is_dir() else path
+    kwargs = _network_kwargs(path, cfg)
     with _open_weights(weights):
         pass
     if path.is_dir():
         _check_checksum(weights, cfg, path)
+    _check_tensor_shapes(path, weights, kwargs)
+    stored = _float_dtype(cfg.get("storage_dtype", cfg.get("dtype", "float32")), f"load_checkpoint: {path}: dtype")
+    _check_stored_dtype(weights, stored)
     return cfg
 
 
@@ -250,25 +301,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     cfg = read_config(path)
     weights = path / WEIGHTS if path.is_dir() else path
-    net_section = cfg["network"]
-    if net_section.get("builder") != "build_unet":
-        raise CheckpointError(f"load_checkpoint: {path}: unknown network builder {net_section.get('builder')!r}")
-    kwargs = net_section.get("kwargs") or {}
-    allowed = set(inspect.signature(build_unet).parameters)
-    unknown = sorted(set(kwargs) - allowed)
-    if unknown:
-        raise CheckpointError(f"load_checkpoint: {path}: unknown network config keys {unknown} "
-                         f"(build_unet accepts {sorted(allowed)})")
+    kwargs = _network_kwargs(path, cfg)
     den = cfg["denoiser"]
-    unknown = sorted(set(den) - set(_DENOISER_KEYS))
-    if unknown:
-        raise CheckpointError(f"load_checkpoint: {path}: unknown denoiser config keys {unknown}")
     if path.is_dir():
         _check_checksum(weights, cfg, path)
-    try:
-        net = build_unet(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"load_checkpoint: {path}: its network config does not build a network: {e}") from None
+    net = _build_network(path, kwargs)
     saved = cfg.get("dtype", "float32")
     net = net.to(dtype=_float_dtype(saved, f"load_checkpoint: {path}: dtype"))
     stored = _float_dtype(cfg.get("storage_dtype", saved), f"load_checkpoint: {path}: storage_dtype")
