@@ -61,7 +61,7 @@ from sciprior.app.job import (
 from sciprior.app.validate import resolve_checkpoint, resolve_device, validate
 from sciprior.io.yamlfiles import YAMLFileError, load_yaml
 from sciprior.modalities.adapter import SECTION
-from sciprior.ranges import PositiveInt
+from sciprior.ranges import PositiveInt, describe_parse_error
 
 # ---------------------------------------------------------------------------------------------
 # The old spelling of the modality section (read, never imported)
@@ -253,26 +253,10 @@ def _friendly(e: Exception, modality: str | None, solver: str) -> ConfigError:
 
 
 #: what the range types of the signatures (sciprior.ranges, jsonargparse.typing) accept, for messages
-_TYPE_WORDS = {
-    "PositiveInt": "an int >= 1", "NonNegativeInt": "an int >= 0", "PositiveFiniteFloat": "a finite number > 0",
-    "NonNegativeFiniteFloat": "a finite number >= 0", "FiniteFloat": "a finite number",
-    "ClosedUnitInterval": "a number in [0, 1]", "ImageSize": "an int in [1, 8192]", "int": "an int",
-    "float": "a number", "bool": "true or false", "str": "a string",
-}
-
-
 def parser_error(msg: str, what: str) -> ConfigError:
     """A jsonargparse ``Parser key "KEY": ...`` message as ``KEY: <what is wrong>; expected <the type in words>``."""
-    m = re.match(r'Parser key "([^"]+)":\s*(.*)', msg, re.S)
-    if m is None:
-        return ConfigError(f"{what}: {msg}")
-    key, body = m.group(1), m.group(2)
-    types = list(dict.fromkeys(re.findall(r"Not of type (\w+)", body)))
-    first = re.search(r"Not of type \w+: ([^\n]*)", body)
-    if not types or first is None:
-        return ConfigError(f"{key}: {' '.join(body.split())}", key=key)
-    words = [_TYPE_WORDS.get(t, t) for t in types] + (["null"] if "NoneType" in body else [])
-    return ConfigError(f"{key}: {first.group(1).strip()}; expected {' or '.join(words)}", key=key)
+    key, text = describe_parse_error(msg)
+    return ConfigError(text if key is not None else f"{what}: {msg}", key=key)
 
 
 def _names(data: Mapping[str, Any]) -> tuple[str, str]:

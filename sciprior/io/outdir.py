@@ -67,10 +67,10 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any] | None:
     return data if present <= {*map(str, files), MANIFEST} else None
 
 
-def check_output_dir(path: str | os.PathLike | None, key: str = "output_dir", overwrite: bool = False) -> None:
-    """Refuse an output directory that a run could not write or must not replace (see the module docstring)."""
-    if path is None:
-        return
+def check_writable_dir(path: str | os.PathLike, key: str) -> bool:
+    """Refuse a directory path that cannot be created or written, without creating anything: an empty path, a name
+    longer than the file system allows, a path under a regular file, no write permission. Returns whether the
+    directory exists already."""
     s = os.fspath(path)
     if not s.strip():
         raise OutputDirError(f"{key}: is empty; give a directory for the outputs")
@@ -85,8 +85,17 @@ def check_output_dir(path: str | os.PathLike | None, key: str = "output_dir", ov
         raise OutputDirError(f"{key}: {s!r} cannot be created: {str(base)!r} is a file, not a directory")
     if not os.access(base, os.W_OK | os.X_OK):
         raise OutputDirError(f"{key}: {s!r} cannot be written: no write permission in {str(base)!r}")
-    if base != p.absolute():
+    return base == p.absolute()
+
+
+def check_output_dir(path: str | os.PathLike | None, key: str = "output_dir", overwrite: bool = False) -> None:
+    """Refuse an output directory that a run could not write or must not replace (see the module docstring)."""
+    if path is None:
+        return
+    if not check_writable_dir(path, key):
         return  # the directory does not exist yet
+    s = os.fspath(path)
+    p = Path(os.path.expanduser(s))
     entries = sorted(q.name for q in p.iterdir())
     if not entries:
         return
@@ -171,4 +180,5 @@ def planned_names(names: list[str]) -> list[str]:
     return [*sorted(n for n in names if not n.startswith(TMP_PREFIX)), MANIFEST]
 
 
-__all__ = ["MANIFEST", "OutputDirError", "StagedOutput", "check_output_dir", "planned_names", "read_manifest"]
+__all__ = ["MANIFEST", "OutputDirError", "StagedOutput", "check_output_dir", "check_writable_dir", "planned_names",
+           "read_manifest"]

@@ -29,6 +29,7 @@ from __future__ import annotations
 import re
 import sys
 import zipfile
+from argparse import ArgumentError
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,10 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from sciprior import modalities
 from sciprior.datasets.module import PriorDataModule
+from sciprior.io.outdir import OutputDirError, check_writable_dir
+from sciprior.io.paths import InputError
 from sciprior.io.yamlfiles import YAMLFileError, load_yaml
+from sciprior.ranges import describe_parse_error
 from sciprior.training.module import EMA, EDMPriorModule, ExportPrior
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -138,6 +142,36 @@ def check_run_bounds(cfg: Any) -> None:
                                "trainer.max_epochs >= 1 or trainer.max_time")
 
 
+#: where a training run writes (config key -> the value's meaning)
+_OUTPUT_KEYS = ("trainer.default_root_dir", "checkpoint.dirpath", "export.dirpath")
+
+
+def check_output_locations(cfg: Any) -> None:
+    """Every directory a run writes to (logs, checkpoints, the exported prior) can be created and written: checked
+    before anything is built, so that a run never trains for hours and then fails to save its result."""
+    for dotted in _OUTPUT_KEYS:
+        section, key = dotted.split(".")
+        value = (cfg.get(section) or {}).get(key)
+        if value is not None:
+            try:
+                check_writable_dir(str(value), dotted)
+            except OutputDirError as e:
+                raise TrainConfigError(str(e)) from None
+
+
+def describe_cli_error(e: BaseException) -> str:
+    """A jsonargparse / LightningCLI parse error in one line naming the key."""
+    msg = str(e)
+    m = (re.search(r"does not accept option '(?:--)?([^']+)'", msg)
+         or re.search(r"Key \"([^\"]+)\" is not expected", msg))
+    if m:
+        return f"{m.group(1)}: not a setting of a training config (sciprior train --help lists them)"
+    m = re.search(r'Parser key "([^"]+)":.*?Option \'([^\']+)\' is not accepted', msg, re.S)
+    if m:
+        return f"{m.group(1)}.{m.group(2)}: not a setting of {m.group(1)}"
+    return describe_parse_error(msg)[1]
+
+
 def check_ckpt_path(ckpt: Any) -> None:
     """``--ckpt_path``: a keyword Lightning resolves (last, best, hpc, registry) or a Lightning checkpoint file
     (torch zip) that loads with ``weights_only=True`` (tensors and plain data only: nothing is unpickled)."""
@@ -180,9 +214,28 @@ class TrainCLI(LightningCLI):
         super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
-        """Refuse unbounded runs before any class is built."""
+        """Refuse unbounded runs and unwritable output locations before any class is built."""
         cfg = self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
         check_run_bounds(cfg)
+        check_output_locations(cfg)
+
+    def instantiate_classes(self) -> None:
+        """Build the model, data, trainer and callbacks; an error from their arguments (a missing training file,
+        an unknown reader, a network that cannot be built, a device that does not exist) is a config error."""
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+        try:
+            super().instantiate_classes()
+        except TrainConfigError:
+            raise
+        except (ValueError, TypeError, OSError, MisconfigurationException) as e:
+            msg = " ".join(str(e).split())
+            trainer_arg = re.search(r"Trainer\((\w+)=", msg)
+            if trainer_arg:
+                msg = f"trainer.{trainer_arg.group(1)}: {msg}"
+            elif not re.match(r"^[a-z_]+\.[\w.\[\]]+\b", msg):
+                msg = f"the config does not build: {msg}"
+            raise TrainConfigError(msg) from None
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(EMA, "ema")
@@ -227,7 +280,7 @@ def make_cli(argv: list[str], run: bool = True, **kwargs: Any) -> TrainCLI:
         save_config_kwargs={"overwrite": True},
         args=argv,
         run=run,
-        parser_kwargs={"parser_mode": "yaml"},
+        parser_kwargs={"parser_mode": "yaml", "exit_on_error": False},
         auto_configure_optimizers=False,
     )
     options.update(kwargs)
@@ -256,6 +309,12 @@ def main_train(argv: list[str] | None = None) -> int:
         finally:
             sys.argv = saved
     except TrainConfigError as e:
+        print(f"sciprior train: error: {e}", file=sys.stderr)
+        return 2
+    except ArgumentError as e:  # jsonargparse: an unknown key, a value of the wrong type or range
+        print(f"sciprior train: error: {describe_cli_error(e)}", file=sys.stderr)
+        return 2
+    except InputError as e:  # a training file turned out unreadable while the data were scanned (before step 1)
         print(f"sciprior train: error: {e}", file=sys.stderr)
         return 2
     return 0

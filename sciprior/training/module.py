@@ -140,7 +140,10 @@ class EDMPriorModule(pl.LightningModule):
         self.save_hyperparameters(ignore=["network"])
         self.network_config: dict[str, Any] = plain(dataclasses.asdict(network))
         self.hparams["network"] = self.network_config
-        net = build_unet(**dataclasses.asdict(network))
+        try:
+            net = build_unet(**dataclasses.asdict(network))
+        except (ValueError, TypeError, AssertionError) as e:  # MONAI checks some arguments with asserts
+            raise ValueError(f"model.network: {e}") from None
         self.denoiser = EDMDenoiser(
             net,
             sigma_data=sigma_data,
