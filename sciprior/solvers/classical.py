@@ -25,7 +25,7 @@ from sciprior.linalg import bcast, operator_norm
 from sciprior.physics.generic import Gradient, Weighted, divergence, gradient, tv_from_grad
 from sciprior.physics.operator import Measurement, StackedOperator, norm_sq, tmap
 from sciprior.physics.problem import Problem
-from sciprior.ranges import NonNegativeFloat, PositiveFloat, PositiveInt
+from sciprior.ranges import NonNegativeFloat, PositiveFloat, PositiveInt, checked
 from sciprior.solvers._data import require_linear
 from sciprior.solvers.common import Callback, Result, problem_device, steps_bar
 
@@ -83,6 +83,7 @@ def _result(x: Tensor, start: float, **info) -> Result:
 # --------------------------------------------------------------------------------------------
 
 
+@checked
 def adjoint_recon(problem: Problem) -> Result:
     """Adjoint reconstruction ``x = A^H y_eff`` (back-projection, zero-filled inverse FFT, ...).
 
@@ -100,6 +101,7 @@ def adjoint_recon(problem: Problem) -> Result:
     return _result(x, start)
 
 
+@checked
 def cgls(problem: Problem, *, iters: PositiveInt = 50, damping: NonNegativeFloat = 0.0, x0: Tensor | None = None,
          tol: NonNegativeFloat = 1e-8, progress: bool = False, callback: Callback | None = None) -> Result:
     """Weighted, damped least squares by CGLS.
@@ -166,6 +168,7 @@ def cgls(problem: Problem, *, iters: PositiveInt = 50, damping: NonNegativeFloat
     return _result(x, start, iterations=used.cpu(), residual=residual.cpu())
 
 
+@checked
 def tv_pdhg(problem: Problem, *, lam: NonNegativeFloat = 0.05, iters: PositiveInt = 200, nonneg: bool = False,
             isotropic: bool = True, x0: Tensor | None = None, step_ratio: PositiveFloat = 1.0,
             norm_iters: PositiveInt = 50, progress: bool = False, callback: Callback | None = None) -> Result:

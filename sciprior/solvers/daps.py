@@ -37,12 +37,13 @@ import torch
 
 from sciprior.physics.problem import Problem
 from sciprior.priors.base import Denoiser, karras_sigmas
-from sciprior.ranges import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from sciprior.ranges import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, checked
 from sciprior.solvers._data import DataTerm
 from sciprior.solvers.common import Callback, Result, finish, prepare, sampling_sigmas, steps_bar
 from sciprior.solvers.edm import pf_ode
 
 
+@checked
 def daps(denoiser: Denoiser, problem: Problem, *, steps: PositiveInt = 100, ode_steps: PositiveInt = 5,
          ode_sigma_min: PositiveFloat | None = None, mcmc: str = "langevin", mcmc_steps: PositiveInt = 100,
          langevin_step: PositiveFloat = 0.1, cg_iters: NonNegativeInt = 50, cg_tol: NonNegativeFloat = 1e-7,

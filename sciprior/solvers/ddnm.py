@@ -18,7 +18,7 @@ from sciprior.physics.noise import Gaussian
 from sciprior.physics.operator import LinearOperator, norm_sq, tmap
 from sciprior.physics.problem import Problem
 from sciprior.priors.base import Denoiser
-from sciprior.ranges import PositiveFloat, PositiveInt, UnitInterval
+from sciprior.ranges import PositiveFloat, PositiveInt, UnitInterval, checked
 from sciprior.solvers.common import Callback, Result, finish, prepare, sampling_sigmas, steps_bar
 from sciprior.solvers.edm import ddim_noise_std
 
@@ -49,6 +49,7 @@ def pinv_noise_gain(op: LinearOperator, y_like: torch.Tensor, image_shape: tuple
     return math.sqrt(num / den)
 
 
+@checked
 def ddnm(denoiser: Denoiser, problem: Problem, *, steps: PositiveInt = 100, eta: UnitInterval = 1.0,
          sigma_max: PositiveFloat | None = None, sigma_min: PositiveFloat | None = None, rho: PositiveFloat = 7.0,
          num_samples: int = 1, seeds: Sequence[int] | None = None,

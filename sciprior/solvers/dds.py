@@ -17,7 +17,7 @@ from sciprior.linalg import conjugate_gradient
 from sciprior.physics.noise import Gaussian
 from sciprior.physics.problem import Problem
 from sciprior.priors.base import Denoiser
-from sciprior.ranges import NonNegativeInt, PositiveFloat, PositiveInt, UnitInterval
+from sciprior.ranges import NonNegativeInt, PositiveFloat, PositiveInt, UnitInterval, checked
 from sciprior.solvers._data import DataTerm
 from sciprior.solvers.common import (
     Callback,
@@ -32,6 +32,7 @@ from sciprior.solvers.common import (
 from sciprior.solvers.edm import ddim_step
 
 
+@checked
 def dds(denoiser: Denoiser, problem: Problem, *, steps: PositiveInt = 50, eta: UnitInterval = 0.85,
         cg_iters: NonNegativeInt = 5,
         gamma: PositiveFloat | None = None, sigma_data: PositiveFloat | None = None,

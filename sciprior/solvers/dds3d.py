@@ -25,7 +25,7 @@ from sciprior.physics.problem import Problem
 from sciprior.physics.stack import SliceStackOperator, from_slices, to_slices
 from sciprior.priors.base import Denoiser
 from sciprior.priors.wrappers import SliceWisePrior
-from sciprior.ranges import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitInterval
+from sciprior.ranges import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitInterval, checked
 from sciprior.solvers._data import DataTerm, item_mean
 from sciprior.solvers.common import Callback, Result, finish, prepare, prior_variance, sampling_sigmas
 from sciprior.solvers.dds import decomposed_sampling
@@ -48,6 +48,7 @@ def _check_int(value: int, name: str, minimum: int) -> int:
     return value
 
 
+@checked
 def dds_volume(denoiser2d: Denoiser, problem: Problem, *, steps: PositiveInt = 50, chunk_size: PositiveInt = 8,
                tv_z: NonNegativeFloat = 0.04, admm_rho: PositiveFloat = 10.0, admm_iters: PositiveInt = 1,
                cg_iters: NonNegativeInt = 5,

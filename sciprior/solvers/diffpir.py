@@ -32,11 +32,12 @@ from collections.abc import Sequence
 
 from sciprior.physics.problem import Problem
 from sciprior.priors.base import Denoiser
-from sciprior.ranges import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitInterval
+from sciprior.ranges import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitInterval, checked
 from sciprior.solvers._data import DataTerm
 from sciprior.solvers.common import Callback, Result, finish, prepare, sampling_sigmas, steps_bar
 
 
+@checked
 def diffpir(denoiser: Denoiser, problem: Problem, *, steps: PositiveInt = 100, lam: PositiveFloat = 1.0,
             zeta: UnitInterval = 0.3,
             cg_iters: NonNegativeInt = 50, cg_tol: NonNegativeFloat = 1e-7, grad_steps: PositiveInt = 20,

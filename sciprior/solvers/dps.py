@@ -17,7 +17,7 @@ from torch import Tensor
 from sciprior.physics.operator import tmap
 from sciprior.physics.problem import Problem
 from sciprior.priors.base import Denoiser
-from sciprior.ranges import PositiveFloat, PositiveInt, UnitInterval
+from sciprior.ranges import PositiveFloat, PositiveInt, UnitInterval, checked
 from sciprior.solvers._data import item_mean
 from sciprior.solvers.common import Callback, Result, finish, prepare, sampling_sigmas, steps_bar
 from sciprior.solvers.edm import ddim_noise_std, ddim_step
@@ -38,6 +38,7 @@ def _misfit_scale(problem: Problem) -> tuple[Tensor, Tensor]:
     return s2, nll_min
 
 
+@checked
 def dps(denoiser: Denoiser, problem: Problem, *, steps: PositiveInt = 100, zeta: PositiveFloat = 1.0,
         eta: UnitInterval = 1.0,
         sigma_max: PositiveFloat | None = None, sigma_min: PositiveFloat | None = None, rho: PositiveFloat = 7.0,

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from sciprior.physics.problem import Problem
 from sciprior.priors.base import Denoiser
-from sciprior.ranges import NonNegativeFloat, PositiveFloat, PositiveInt
+from sciprior.ranges import NonNegativeFloat, PositiveFloat, PositiveInt, checked
 from sciprior.solvers.common import Callback, ItemNoise, Result, finish, prepare, sampling_sigmas, steps_bar
 
 
@@ -79,6 +79,7 @@ def _heun_loop(den: Denoiser, noise: ItemNoise, image_shape: tuple[int, ...], si
     return x
 
 
+@checked
 def edm_sampler(denoiser: Denoiser, problem: Problem, *, steps: int = 40, s_churn: float = 0.0,
                 s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
                 sigma_max: float | None = None, sigma_min: float | None = None, rho: float = 7.0,
@@ -107,6 +108,7 @@ def edm_sampler(denoiser: Denoiser, problem: Problem, *, steps: int = 40, s_chur
     return finish(setup, x, sigmas=sigmas)
 
 
+@checked
 def edm_sample(denoiser: Denoiser, shape: Sequence[int], *, steps: PositiveInt = 40, s_churn: NonNegativeFloat = 0.0,
                s_tmin: NonNegativeFloat = 0.0, s_tmax: float = float("inf"), s_noise: NonNegativeFloat = 1.0,
                sigma_max: PositiveFloat | None = None, sigma_min: PositiveFloat | None = None, rho: PositiveFloat = 7.0,

@@ -24,7 +24,7 @@ from sciprior.physics.noise import Gaussian
 from sciprior.physics.operator import Measurement, tmap
 from sciprior.physics.problem import Problem
 from sciprior.priors.base import Denoiser
-from sciprior.ranges import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitInterval
+from sciprior.ranges import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitInterval, checked
 from sciprior.solvers._data import DataTerm, require_linear
 from sciprior.solvers.common import Callback, Result, finish, prepare, prior_variance, sampling_sigmas, steps_bar
 from sciprior.solvers.edm import ddim_noise_std, ddim_step
@@ -87,6 +87,7 @@ def _first(r: Measurement) -> Tensor:
     return r[0] if isinstance(r, tuple) else r
 
 
+@checked
 def pigdm(denoiser: Denoiser, problem: Problem, *, steps: PositiveInt = 100, eta: UnitInterval = 1.0,
           scale: PositiveFloat = 1.0,
           weight: str = "tweedie", sigma_data: PositiveFloat | None = None, cg_iters: NonNegativeInt = 20,

@@ -35,7 +35,7 @@ import torch
 
 from sciprior.physics.problem import Problem
 from sciprior.priors.base import Denoiser
-from sciprior.ranges import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from sciprior.ranges import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, checked
 from sciprior.solvers._data import DataTerm
 from sciprior.solvers.common import Callback, Result, finish, prepare, sampling_sigmas, steps_bar
 from sciprior.solvers.edm import reverse_sde
@@ -46,6 +46,7 @@ def rho_schedule(steps: int, rho_start: float, rho_min: float, rho_decay: float)
     return [max(rho_min, rho_start * rho_decay**k) for k in range(steps)]
 
 
+@checked
 def pnpdm(denoiser: Denoiser, problem: Problem, *, steps: PositiveInt = 100, rho_start: PositiveFloat = 10.0,
           rho_min: PositiveFloat = 0.3, rho_decay: PositiveFloat = 0.9, prior_steps: PositiveInt = 100,
           likelihood: str = "auto", langevin_steps: PositiveInt = 100, langevin_step: PositiveFloat = 0.1,

@@ -58,13 +58,14 @@ from sciprior.linalg import bcast, rowdot
 from sciprior.physics.operator import LinearOperator
 from sciprior.physics.problem import Problem
 from sciprior.priors.base import Denoiser
-from sciprior.ranges import PositiveFloat, PositiveInt, UnitInterval
+from sciprior.ranges import PositiveFloat, PositiveInt, UnitInterval, checked
 from sciprior.solvers._data import DataTerm
 from sciprior.solvers.common import Callback, Result, finish, prepare, sampling_sigmas, steps_bar
 
 _WEIGHTINGS = ("inv_sigma", "sigma", "const")
 
 
+@checked
 def reddiff(denoiser: Denoiser, problem: Problem, *, steps: PositiveInt = 100, lam: PositiveFloat = 1.0,
             weighting: str = "inv_sigma", lr: PositiveFloat | None = None, lr_final: PositiveFloat = 0.1,
             betas: tuple[float, float] = (0.9, 0.99), init: str = "auto",

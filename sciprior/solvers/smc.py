@@ -62,7 +62,7 @@ from sciprior.physics.noise import Gaussian, StackedNoise
 from sciprior.physics.operator import LinearOperator
 from sciprior.physics.problem import Problem
 from sciprior.priors.base import Denoiser, karras_sigmas
-from sciprior.ranges import PositiveFloat, PositiveInt, UnitInterval
+from sciprior.ranges import PositiveFloat, PositiveInt, UnitInterval, checked
 from sciprior.solvers.common import Callback, Result, Setup, finish, prepare, steps_bar
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -225,6 +225,7 @@ def _per_item_uniforms(setup: Setup, count: int) -> Tensor:
     return setup.noise.rand(cols).reshape(setup.batch, n * cols)[:, :count]
 
 
+@checked
 def smc(denoiser: Denoiser, problem: Problem, *, steps: PositiveInt = 100, num_particles: PositiveInt = 512,
         ess_threshold: UnitInterval = 0.5, max_dense_dim: PositiveInt = 4096,
         particle_chunk: PositiveInt | None = None, return_particles: bool = False,

@@ -257,9 +257,9 @@ def test_dds_volume_checks_its_inputs():
     flat = Problem(random_mask_2d(0), prob.y[:, 0], prob.noise, (1, H, W))
     with pytest.raises(ValueError, match=r"dds_volume: the problem's image_shape must be a volume"):
         dds_volume(prior, flat, steps=2, progress=False)
-    with pytest.raises(ValueError, match="dds_volume: tv_z must be >= 0"):
+    with pytest.raises(ValueError, match=r"dds_volume: tv_z=-1\.0; expected a finite number >= 0"):
         dds_volume(prior, prob, steps=2, tv_z=-1.0, progress=False)
-    with pytest.raises(ValueError, match="dds_volume: chunk_size must be an int >= 1"):
+    with pytest.raises(ValueError, match="dds_volume: chunk_size=0; expected an int >= 1"):
         dds_volume(prior, prob, steps=2, chunk_size=0, progress=False)
     # a SliceWisePrior is unwrapped (and re-chunked), not wrapped twice
     res = dds_volume(SliceWisePrior(prior, chunk_size=1), prob, steps=2, chunk_size=3, progress=False)

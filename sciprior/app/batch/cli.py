@@ -9,7 +9,7 @@ Config (``sciprior batch CONFIG.yaml`` / ``python -m sciprior.app.batch CONFIG.y
     process_item: reconstruct     # a registered processor NAME (never an import path): `reconstruct`, or one
                                   # an installed package declares in the entry-point group sciprior.processors
     process_kwargs:               # its settings, checked against its signature before anything runs
-      config: configs/ct/sparse_view.yaml
+      config: configs/NAME/task.yaml
       overrides: {solver.steps: 20}
     devices: 2
     num_nodes: 1

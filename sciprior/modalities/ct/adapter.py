@@ -53,7 +53,7 @@ from sciprior.modalities.ct.units import MU_WATER, CTNormalization
 from sciprior.physics.noise import Gaussian, TransmissionPoisson
 from sciprior.physics.operator import LinearOperator
 from sciprior.physics.problem import Problem
-from sciprior.ranges import FiniteFloat, ImageSize, NonNegativeFloat, PositiveFloat, PositiveInt
+from sciprior.ranges import FiniteFloat, ImageSize, NonNegativeFloat, PositiveFloat, PositiveInt, checked
 
 
 class CTAdapter(ModalityAdapter):
@@ -89,6 +89,7 @@ class CTAdapter(ModalityAdapter):
     physical_units = "HU"
     baseline_name = "FBP"
 
+    @checked
     def __init__(self, geometry: Literal["parallel", "fan"] = "parallel", n_views: PositiveInt = 60,
                  angular_range: PositiveFloat | None = None, start_angle: FiniteFloat = 0.0,
                  n_det: PositiveInt | None = None, det_spacing: PositiveFloat | None = None,

@@ -64,7 +64,7 @@ from sciprior.physics.generic import RealToComplex
 from sciprior.physics.noise import Gaussian
 from sciprior.physics.operator import LinearOperator
 from sciprior.physics.problem import Problem
-from sciprior.ranges import FiniteFloat, ImageSize, NonNegativeFloat, PositiveFloat, PositiveInt, UnitInterval
+from sciprior.ranges import FiniteFloat, ImageSize, NonNegativeFloat, PositiveFloat, PositiveInt, UnitInterval, checked
 
 MaskType = Literal["random", "equispaced", "equispaced_fraction", "poisson"]
 
@@ -121,6 +121,7 @@ class MRIAdapter(ModalityAdapter):
     physical_units = "MR magnitude (the input's units)"
     baseline_name = "zero-filled"
 
+    @checked
     def __init__(self, acceleration: PositiveFloat = 4.0, center_fraction: UnitInterval | None = None,
                  mask_type: MaskType = "random", calib: PositiveInt = 24, num_coils: PositiveInt = 8,
                  sigma: NonNegativeFloat | None = 0.005, image_model: Literal["magnitude", "complex"] = "magnitude",
