@@ -165,12 +165,6 @@ class PriorDataModule(pl.LightningDataModule):
         spin: NonNegativeFloat = 0.0,
     ):
         super().__init__()
-        self.modality = modality
-        self.reader, self.reader_name = build_reader(modality, reader)
-        self.files = resolve_paths(paths, "data.paths", sample_table)
-        self.val_files_given = (
-            resolve_paths(val_paths, "data.val_paths", sample_table) if val_paths is not None else None
-        )
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
         if holdout is not None and not 0 <= holdout[0] < holdout[1]:
@@ -186,6 +180,13 @@ class PriorDataModule(pl.LightningDataModule):
             raise ValueError(f"data.tilt must be in [0, 45) degrees, got {tilt!r}")
         if not 0 <= spin <= 180:
             raise ValueError(f"data.spin must be in [0, 180] degrees, got {spin!r}")
+        # the scalar settings above first (no file is touched for a bad number), then the reader and the files
+        self.modality = modality
+        self.reader, self.reader_name = build_reader(modality, reader)
+        self.files = resolve_paths(paths, "data.paths", sample_table)
+        self.val_files_given = (
+            resolve_paths(val_paths, "data.val_paths", sample_table) if val_paths is not None else None
+        )
         if (tilt or spin) and not callable(getattr(self.reader, "read", None)):
             raise ValueError(f"data.tilt/data.spin: oblique re-slicing needs a reader of volume slices; the "
                              f"{modality} reader {self.reader_name!r} reads no volumes")

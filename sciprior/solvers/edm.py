@@ -80,10 +80,10 @@ def _heun_loop(den: Denoiser, noise: ItemNoise, image_shape: tuple[int, ...], si
 
 
 @checked
-def edm_sampler(denoiser: Denoiser, problem: Problem, *, steps: int = 40, s_churn: float = 0.0,
-                s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
-                sigma_max: float | None = None, sigma_min: float | None = None, rho: float = 7.0,
-                num_samples: int = 1, seeds: Sequence[int] | None = None,
+def edm_sampler(denoiser: Denoiser, problem: Problem, *, steps: PositiveInt = 40, s_churn: NonNegativeFloat = 0.0,
+                s_tmin: NonNegativeFloat = 0.0, s_tmax: float = float("inf"), s_noise: NonNegativeFloat = 1.0,
+                sigma_max: PositiveFloat | None = None, sigma_min: PositiveFloat | None = None,
+                rho: PositiveFloat = 7.0, num_samples: int = 1, seeds: Sequence[int] | None = None,
                 callback: Callback | None = None, progress: bool = True) -> Result:
     """Draw prior samples with the EDM Heun sampler (ignores ``problem.y``; a sanity check).
 
