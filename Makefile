@@ -29,7 +29,7 @@ lint: setup
 	$(VENV)/bin/lint-imports
 
 demo: setup
-	$(VENV)/bin/sciprior reconstruct configs/ct/sparse_view.yaml
+	$(VENV)/bin/sciprior reconstruct configs/ct/sparse_view.yaml --overwrite true
 
 # ~30 min on 1 thread; deepinv's DPS runs side by side, so it needs the benchmark venv
 bench-gmm: setup-bench

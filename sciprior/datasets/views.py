@@ -293,7 +293,7 @@ class ObliqueSliceViews(ExampleViews):
             atomic_write(meta, lambda tmp: Path(tmp).write_text(json.dumps(
                 {"path": path, "voxel_size": [float(v) for v in voxel_size], "shape": list(arr.shape)})))
         info = json.loads(meta.read_text())
-        arr = np.load(npy, mmap_mode="r")
+        arr = np.load(npy, mmap_mode="r", allow_pickle=False)
         if list(arr.shape) != info["shape"]:
             raise ValueError(f"ObliqueSliceViews: cached volume {npy} has shape {arr.shape}, its record "
                              f"{meta} says {info['shape']}; delete both to re-read {path!r}")
