@@ -11,6 +11,7 @@ A uniquely named module (not ``conftest``): test modules import it by name.
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib
 import io
 import json
@@ -79,6 +80,17 @@ def tiny_prior(path: Path, channels: int = 1, size: int | None = 64, metadata=No
     return save_checkpoint(EDMDenoiser(net, image_shape=shape), path, metadata=metadata)
 
 
+def with_(cfg: dict, dotted: str, value) -> dict:
+    """A deep copy of ``cfg`` with the dotted key set to ``value`` (missing sections created)."""
+    cfg = copy.deepcopy(cfg)
+    *parents, last = dotted.split(".")
+    node = cfg
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[last] = value
+    return cfg
+
+
 def write_config(path: Path, data: dict | str) -> Path:
     path.write_text(data if isinstance(data, str) else json.dumps(data))
     return path
@@ -118,4 +130,4 @@ def refused(outcome: Outcome, rc: int, pattern: str, *, watched: Path, before: s
 
 
 __all__ = ["CT_TRAINED", "MRI_TRAINED", "Outcome", "ROOT", "Spy", "ZEN", "refused", "run_main", "run_subprocess",
-           "tiny_prior", "tree", "write_config"]
+           "tiny_prior", "tree", "with_", "write_config"]

@@ -12,7 +12,18 @@ import json
 from pathlib import Path
 
 import pytest
-from reliability_helpers import CT_TRAINED, MRI_TRAINED, ZEN, Spy, refused, run_main, run_subprocess, tiny_prior, tree
+from reliability_helpers import (
+    CT_TRAINED,
+    MRI_TRAINED,
+    ZEN,
+    Spy,
+    refused,
+    run_main,
+    run_subprocess,
+    tiny_prior,
+    tree,
+    with_,
+)
 
 from sciprior.app.reconstruct import main
 
@@ -30,15 +41,6 @@ def base(priors, out: Path) -> dict:
             "prior": {"checkpoint": str(priors["ct"])}, "solver": {"name": "dds", "steps": 2}, "device": "cpu",
             "progress": False, "output_dir": str(out)}
 
-
-def with_(cfg: dict, dotted: str, value) -> dict:
-    cfg = copy.deepcopy(cfg)
-    *parents, last = dotted.split(".")
-    node = cfg
-    for p in parents:
-        node = node.setdefault(p, {})
-    node[last] = value
-    return cfg
 
 
 def without(cfg: dict, dotted: str) -> dict:

@@ -8,7 +8,6 @@ trains when nothing is changed (checked first); every case changes one thing.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from pydicom.data import get_testdata_file
-from reliability_helpers import ZEN, Spy, refused, run_main, run_subprocess, tree
+from reliability_helpers import ZEN, Spy, refused, run_main, run_subprocess, tree, with_
 
 from sciprior.training import module as training_module
 from sciprior.training.cli import main_train
@@ -38,15 +37,6 @@ def base(tmp: Path) -> dict:
         "export": {"dirpath": str(tmp / "prior")},
     }
 
-
-def with_(cfg: dict, dotted: str, value) -> dict:
-    cfg = copy.deepcopy(cfg)
-    *parents, last = dotted.split(".")
-    node = cfg
-    for p in parents:
-        node = node.setdefault(p, {})
-    node[last] = value
-    return cfg
 
 
 class TrainSpy(Spy):

@@ -153,6 +153,15 @@ def _visible_outputs_are_whole(out: Path, ref: dict[str, bytes]) -> None:
         assert ref.get(rel) == b, f"after a kill {rel} is visible but not the whole output"
 
 
+
+def _after_kill(k, before, out, log, in_write, ref) -> dict:
+    """The record of killed run ``k``, checked: what it committed, whether it left temporaries, whole outputs."""
+    h = {"run": k, "committed_before": before, "committed_after": _committed(out), "calls": _calls(log),
+         "temp_left": _temp_entries(out), "in_write": in_write}
+    _check_run(h)
+    _visible_outputs_are_whole(out, ref)
+    return h
+
 def test_sigkill_at_five_random_moments_then_complete_and_bitwise_equal(tmp_path):
     n, kills, sleep, write_s = 20, 5, 0.05, 0.3
     inp, _ = rh.bh.make_inputs(tmp_path, n)
@@ -184,11 +193,7 @@ def test_sigkill_at_five_random_moments_then_complete_and_bitwise_equal(tmp_path
             status = z.wait(pid)
             assert status == -signal.SIGKILL, f"kill {k}: the run was not killed (exit {status}): " + \
                 (tmp_path / f"run_{k}.log").read_text()[-3000:]
-            h = {"run": k, "committed_before": before, "committed_after": _committed(out), "calls": _calls(log),
-                 "temp_left": _temp_entries(out), "in_write": in_write}
-            history.append(h)
-            _check_run(h)
-            _visible_outputs_are_whole(out, ref)
+            history.append(_after_kill(k, before, out, log, in_write, ref))
 
         final_log = tmp_path / "calls_final.txt"
         pid = z.start(rh.run_args(pattern, out, log=final_log), tmp_path / "final.log")
@@ -249,11 +254,7 @@ def test_sigkill_ten_times_ddp_two_processes_fresh_each_time(tmp_path):
             p.wait()
             f.close()
         assert p.returncode == -signal.SIGKILL, (tmp_path / f"run_{k}.log").read_text()[-3000:]
-        h = {"run": k, "committed_before": before, "committed_after": _committed(out), "calls": _calls(log),
-             "temp_left": _temp_entries(out), "in_write": in_write}
-        history.append(h)
-        _check_run(h)
-        _visible_outputs_are_whole(out, ref)
+        history.append(_after_kill(k, before, out, log, in_write, ref))
     final_log = tmp_path / "calls_final.txt"
     p, f = start(rh.run_args(pattern, out, log=final_log, devices=2, strategy="ddp"), tmp_path / "final.log")
     assert p.wait(timeout=600) == 0, (tmp_path / "final.log").read_text()[-3000:]
