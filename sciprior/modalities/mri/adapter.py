@@ -55,7 +55,7 @@ from sciprior.modalities.adapter import (
     window_map,
     write_stack_nifti,
 )
-from sciprior.modalities.mri.coils import birdcage_maps, full_adjoint, lowres_phase
+from sciprior.modalities.mri.coils import birdcage_maps, fit_kernel_width, full_adjoint, lowres_phase
 from sciprior.modalities.mri.fastmri import center_crop, read_fastmri, write_fastmri
 from sciprior.modalities.mri.masks import calibration_shape, column_mask, poisson_disc_mask
 from sciprior.modalities.mri.operator import MultiCoilMRI, as_mask_2d
@@ -307,13 +307,15 @@ class MRIAdapter(ModalityAdapter):
             retrospective = True
         k_meas = k * mask2.to(torch.float32)
         calib = calibration_shape(mask2.expand(h, w))
-        if c > 1 and min(calib) < self.espirit["kernel_width"]:
-            raise InputError(f"input: {str(path)!r}: the fully sampled k-space centre is {calib[0]}x{calib[1]}, "
-                             f"smaller than the ESPIRiT kernel ({self.espirit['kernel_width']}); raise "
-                             f"{key('center_fraction')} (or lower espirit_kernel)")
+        espirit = dict(self.espirit)
+        if c > 1:  # a kernel the ACS block can determine (a wider one gives wrong maps, see fit_kernel_width)
+            try:
+                espirit["kernel_width"] = fit_kernel_width(calib, c, self.espirit["kernel_width"])
+            except ValueError as e:
+                raise InputError(f"input: {str(path)!r}: {e}; raise {key('center_fraction')}") from None
         bases = []
         for i in range(s_):
-            p = problem_from_kspace(k_meas[i], mask2, sigma=0.0, scale=1.0, calib_shape=calib, espirit=self.espirit)
+            p = problem_from_kspace(k_meas[i], mask2, sigma=0.0, scale=1.0, calib_shape=calib, espirit=espirit)
             base = p.operator
             if self.image_model == "magnitude":
                 # fold the low-resolution image phase into the maps, so the object is (nearly) real
@@ -367,7 +369,8 @@ class MRIAdapter(ModalityAdapter):
             "slices": [start, stop], "kspace_shape": [s_, c, h, w], "multicoil": vol.multicoil,
             "mask": "file" if not retrospective else f"{self.mask_type} (retrospective)",
             "acceleration_actual": accel, "sigma": sigma, "simulated": False, "scale": scale,
-            "calibration_shape": list(calib), "normalisation": imap.as_dict(),
+            "calibration_shape": list(calib), "espirit_kernel": espirit["kernel_width"],
+            "normalisation": imap.as_dict(),
             "recon_size": list(vol.header.recon_size[:2]),
         }, extra={"volume": vol, "mask": mask2, "measured": k_meas, "bases": bases, "stack": stack})
         return problem, ctx

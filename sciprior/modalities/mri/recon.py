@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from sciprior.linalg import conjugate_gradient
-from sciprior.modalities.mri.coils import espirit_maps, rss
+from sciprior.modalities.mri.coils import espirit_maps, fit_kernel_width, rss
 from sciprior.modalities.mri.fourier import ifft2c
 from sciprior.modalities.mri.masks import calibration_shape
 from sciprior.modalities.mri.operator import MultiCoilMRI, as_mask_2d
@@ -164,7 +164,9 @@ def problem_from_kspace(kspace: Tensor, mask: Tensor, maps: Tensor | None = None
             maps = torch.ones((1, h, w), dtype=k.dtype, device=k.device)
         else:
             cs = tuple(calib_shape) if calib_shape is not None else calibration_shape(m2.expand(h, w))
-            maps = espirit_maps(k[0], cs, **(espirit or {}))
+            opts = dict(espirit or {})
+            opts["kernel_width"] = fit_kernel_width(cs, c, opts.get("kernel_width", 6))
+            maps = espirit_maps(k[0], cs, **opts)
     elif tuple(maps.shape) != (c, h, w):
         raise ValueError(f"problem_from_kspace: maps of shape {tuple(maps.shape)} do not match k-space "
                          f"coils/size {(c, h, w)}")
