@@ -287,6 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             line += f" ({r['baseline']['name']}: {base['psnr']:.2f} dB)"
     line += f", data residual {r['data_consistency']['reconstruction']:.3g}"
     print(line)
+    if r["data_consistency"].get("warning"):
+        print(f"sciprior reconstruct: warning: {r['data_consistency']['warning']}", file=sys.stderr)
     for f in out.files:
         print(f"  wrote {f}")
     return 0

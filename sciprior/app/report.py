@@ -26,7 +26,10 @@ from sciprior.io.atomic import atomic_write
 from sciprior.io.plain import finite_float, plain
 from sciprior.modalities import trained_reader
 from sciprior.modalities.adapter import Context, ModalityAdapter
-from sciprior.physics.problem import Problem, data_consistency
+from sciprior.physics.problem import Problem, data_consistency, noise_residual
+
+#: a data residual this many times the noise level is reported as not fitting the data
+RESIDUAL_WARNING_FACTOR = 3.0
 
 
 def build_report(job, problem: Problem, context: Context, result, baseline: Tensor | None,
@@ -52,6 +55,17 @@ def build_report(job, problem: Problem, context: Context, result, baseline: Tens
         dc["baseline"] = finite_float(data_consistency(problem, baseline)[0])
     if ref is not None:
         dc["reference"] = finite_float(data_consistency(problem, ref)[0])
+    floor = noise_residual(problem)
+    if floor is not None:
+        dc["noise_level"] = finite_float(floor[0])
+        dc["noise_level_definition"] = ("sigma sqrt(measured components) / ||y||: the residual the noise alone gives; "
+                                        f"a reconstruction above {RESIDUAL_WARNING_FACTOR:g}x it does not fit the data")
+        if dc["reconstruction"] is not None and dc["reconstruction"] > RESIDUAL_WARNING_FACTOR * dc["noise_level"]:
+            dc["warning"] = (f"the reconstruction fits the data {dc['reconstruction'] / dc['noise_level']:.1f}x worse "
+                             f"than the noise level ({dc['reconstruction']:.3g} vs {dc['noise_level']:.3g})"
+                             + (f"; the reference fits {dc['reference']:.3g}" if dc.get("reference") is not None
+                                else "") + ": check the noise level (sigma), the intensity mapping and the "
+                             "operator (e.g. coil maps, mask, the image model's phase)")
     uncertainty = None
     if result.std is not None:
         std = result.std.detach().double()

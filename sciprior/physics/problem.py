@@ -84,6 +84,27 @@ class Problem:
                        dict(self.metadata))
 
 
+def noise_residual(problem: Problem) -> Tensor | None:
+    """The relative residual ``||n|| / ||y||`` (per item, shape (B,)) that the noise alone gives, for Gaussian
+    noise with ``sigma > 0``: ``sigma sqrt(m) / ||y||`` with ``m`` the measured real components (entries of ``y``
+    that are not exactly zero, twice for complex data: unsampled k-space is stored as zeros). A result fitting the
+    data far worse than this does not fit the data; None for other noise models (their WLS view is not white)."""
+    from sciprior.physics.noise import Gaussian
+
+    if type(problem.noise) is not Gaussian or problem.noise.sigma <= 0:
+        return None
+    y = problem.y
+    if not isinstance(y, Tensor):
+        return None
+    off = problem.metadata.get("measurement_offset")
+    full = y + off if isinstance(off, Tensor) else y
+    flat = full.reshape(full.shape[0], -1)
+    comps = torch.view_as_real(flat) if flat.is_complex() else flat[..., None]
+    measured = (y.reshape(y.shape[0], -1) != 0).sum(1).double() * comps.shape[-1]
+    den = norm_sq(full).clamp_min(1e-300).sqrt().double()
+    return problem.noise.sigma * measured.sqrt() / den
+
+
 def data_consistency(problem: Problem, x: Tensor) -> Tensor:
     """Relative data-consistency residual per item, ``||A x - y|| / ||y||`` (shape (B,)).
 

@@ -54,3 +54,24 @@ def test_slice_stack_shares_the_2d_support():
     op = SliceStackOperator(Mask(mask, (1, 1, 3)), depth=4, chunk_size=2)
     p = Problem.simulate(op, torch.zeros(2, 1, 4, 1, 3), Gaussian(0.1), generator=torch.Generator().manual_seed(4))
     assert torch.count_nonzero(p.y[..., 1]) == 0 and torch.count_nonzero(p.y[..., ::2]) == 2 * 4 * 2
+
+
+def test_noise_residual_is_what_the_truth_fits_to():
+    """The noise level of data_consistency: the truth's own residual is sigma sqrt(m) / ||y|| up to sampling
+    noise (m = 2 x the sampled complex entries of masked multi-coil k-space, zeros excluded); None without
+    Gaussian noise."""
+    from sciprior.physics.noise import Poisson
+    from sciprior.physics.problem import data_consistency, noise_residual
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 2, 32, 32, generator=g)
+    op = MultiCoilMRI(birdcage_maps(4, (32, 32)), column_mask("random", 32, 4.0, 0.08, seed=0)[0])
+    for sigma in (0.01, 0.1):
+        pb = Problem.simulate(op, x, Gaussian(sigma), generator=torch.Generator().manual_seed(1))
+        level, truth = noise_residual(pb), data_consistency(pb, x)
+        assert level.shape == (2,)
+        torch.testing.assert_close(truth, level, rtol=0.05, atol=0)  # measured: within 1.2 %
+    assert noise_residual(Problem.simulate(op, x, Gaussian(0.0))) is None
+    img = Problem.simulate(Identity((1, 8, 8)), 100 * torch.rand(1, 1, 8, 8, generator=g), Poisson(1.0),
+                           generator=torch.Generator().manual_seed(2))
+    assert noise_residual(img) is None
