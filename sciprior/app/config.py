@@ -252,7 +252,6 @@ def _friendly(e: Exception, modality: str | None, solver: str) -> ConfigError:
     return parser_error(msg, "invalid reconstruction config")
 
 
-#: what the range types of the signatures (sciprior.ranges, jsonargparse.typing) accept, for messages
 def parser_error(msg: str, what: str) -> ConfigError:
     """A jsonargparse ``Parser key "KEY": ...`` message as ``KEY: <what is wrong>; expected <the type in words>``."""
     key, text = describe_parse_error(msg)

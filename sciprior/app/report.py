@@ -60,12 +60,12 @@ def build_report(job, problem: Problem, context: Context, result, baseline: Tens
         dc["noise_level"] = finite_float(floor[0])
         dc["noise_level_definition"] = ("sigma sqrt(measured components) / ||y||: the residual the noise alone gives; "
                                         f"a reconstruction above {RESIDUAL_WARNING_FACTOR:g}x it does not fit the data")
-        if dc["reconstruction"] is not None and dc["reconstruction"] > RESIDUAL_WARNING_FACTOR * dc["noise_level"]:
-            dc["warning"] = (f"the reconstruction fits the data {dc['reconstruction'] / dc['noise_level']:.1f}x worse "
-                             f"than the noise level ({dc['reconstruction']:.3g} vs {dc['noise_level']:.3g})"
-                             + (f"; the reference fits {dc['reference']:.3g}" if dc.get("reference") is not None
-                                else "") + ": check the noise level (sigma), the intensity mapping and the "
-                             "operator (e.g. coil maps, mask, the image model's phase)")
+        rec, level, ref_fit = dc["reconstruction"], dc["noise_level"], dc.get("reference")
+        if rec is not None and rec > RESIDUAL_WARNING_FACTOR * level:
+            also = f"; the reference fits {ref_fit:.3g}" if ref_fit is not None else ""
+            dc["warning"] = (f"the reconstruction fits the data {rec / level:.1f}x worse than the noise level "
+                             f"({rec:.3g} vs {level:.3g}{also}): check the noise level (sigma), the intensity mapping "
+                             "and the operator (e.g. coil maps, mask, the image model's phase)")
     uncertainty = None
     if result.std is not None:
         std = result.std.detach().double()

@@ -111,7 +111,7 @@ def sniff(path: str | os.PathLike) -> str | None:
     return None
 
 
-_SUFFIX_KINDS = {".nii": ("NIfTI", 348), ".nii.gz": ("gzipped NIfTI", 348), ".h5": ("HDF5", 8), ".hdf5": ("HDF5", 8),
+_SUFFIX_KINDS = {".nii": ("NIfTI", 348), ".nii.gz": ("gzipped NIfTI", 18), ".h5": ("HDF5", 8), ".hdf5": ("HDF5", 8),
                  ".npy": ("NumPy", 10), ".nc": ("NetCDF", 4), ".png": ("PNG", 8)}
 
 
@@ -119,7 +119,7 @@ def _named_like(path: Path) -> str:
     """For a file whose name promises a kind its content does not have: its size and what that kind needs."""
     name = path.name.lower()
     for suffix, (kind, header) in _SUFFIX_KINDS.items():
-        if name.endswith(suffix) and not (suffix == ".nii" and name.endswith(".nii.gz")):
+        if name.endswith(suffix):
             size = path.stat().st_size
             if size == 0:
                 return f" (the file is empty although named as {kind})"

@@ -37,11 +37,7 @@ def plain(v: Any) -> Any:
         return v.tolist() if v.numel() <= 16 else f"tensor{tuple(v.shape)}"
     if isinstance(v, np.ndarray):
         return v.tolist() if v.size <= 16 else f"array{v.shape}"
-    if v is None:
-        return v
-    if isinstance(v, str):
-        return str(v)
-    return str(v)
+    return None if v is None else str(v)  # str subclasses become str
 
 
 __all__ = ["finite_float", "plain"]

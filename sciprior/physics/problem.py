@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from sciprior.linalg import real_dtype
-from sciprior.physics.noise import NoiseModel, check_finite
+from sciprior.physics.noise import Gaussian, NoiseModel, check_finite
 from sciprior.physics.operator import Measurement, Operator, batch_size, norm_sq, repeat_batch, tmap
 
 
@@ -89,8 +89,6 @@ def noise_residual(problem: Problem) -> Tensor | None:
     noise with ``sigma > 0``: ``sigma sqrt(m) / ||y||`` with ``m`` the measured real components (entries of ``y``
     that are not exactly zero, twice for complex data: unsampled k-space is stored as zeros). A result fitting the
     data far worse than this does not fit the data; None for other noise models (their WLS view is not white)."""
-    from sciprior.physics.noise import Gaussian
-
     if type(problem.noise) is not Gaussian or problem.noise.sigma <= 0:
         return None
     y = problem.y
@@ -98,9 +96,8 @@ def noise_residual(problem: Problem) -> Tensor | None:
         return None
     off = problem.metadata.get("measurement_offset")
     full = y + off if isinstance(off, Tensor) else y
-    flat = full.reshape(full.shape[0], -1)
-    comps = torch.view_as_real(flat) if flat.is_complex() else flat[..., None]
-    measured = (y.reshape(y.shape[0], -1) != 0).sum(1).double() * comps.shape[-1]
+    per_entry = 2 if full.is_complex() else 1  # real components of one entry
+    measured = (y.reshape(y.shape[0], -1) != 0).sum(1).double() * per_entry
     den = norm_sq(full).clamp_min(1e-300).sqrt().double()
     return problem.noise.sigma * measured.sqrt() / den
 
