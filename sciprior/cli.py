@@ -36,7 +36,9 @@ def info_main(argv: list[str] | None = None) -> int:
         m = modalities.get(name)
         parts = [f"adapter {m.adapter.__name__}" if m.adapter else "no adapter",
                  f"readers {', '.join(m.readers) or '-'}", f"samples {', '.join(m.samples) or '-'}",
-                 f"prior builtin:{name}" if m.prior is not None else "no shipped prior"]
+                 "priors " + ", ".join([f"builtin:{name}"] * (m.prior is not None)
+                                       + [f"builtin:{name}/{v}" for v in m.prior_variants])
+                 if m.prior is not None or m.prior_variants else "no shipped prior"]
         print(f"  {name}: {m.description}\n    " + "; ".join(parts))
     print("solvers:", ", ".join(available_solvers()))
     return 0

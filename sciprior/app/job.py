@@ -42,7 +42,8 @@ class PriorSpec(CoverSpec):
     Args:
         checkpoint: checkpoint directory (or ``.safetensors`` file) written by
             :func:`sciprior.priors.checkpoint.save_checkpoint`, or ``builtin:NAME`` for the prior a modality ships
-            (``builtin:NAME``). ``None`` only for the classical solvers (``adjoint``, ``cgls``, ``tv``).
+            (``builtin:NAME/VARIANT`` for its further shipped priors). ``None`` only for the classical
+            solvers (``adjoint``, ``cgls``, ``tv``).
         wrap: ``full`` (the prior sees the whole image; sizes must match), ``patch`` (sliding windows of
             ``roi``, blended), ``slice`` (a 2D prior on every slice of a 3D stack; inner windows if the
             slice size differs from the prior's), or ``auto`` (full when the sizes match, else patch;

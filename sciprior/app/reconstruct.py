@@ -287,6 +287,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             line += f" ({r['baseline']['name']}: {base['psnr']:.2f} dB)"
     line += f", data residual {r['data_consistency']['reconstruction']:.3g}"
     print(line)
+    for name, fm in m.items():  # the modality's own conventions (ModalityAdapter.extra_metrics)
+        if not (isinstance(fm, dict) and isinstance(fm.get("reconstruction"), dict) and "target" in fm):
+            continue
+        others = ", ".join(f"{k}: {v['psnr']:.2f} dB" for k, v in fm.items()
+                           if isinstance(v, dict) and "psnr" in v and k != "reconstruction")
+        rec = fm["reconstruction"]
+        print(f"  {name} metrics (vs {fm['target']}): PSNR {rec['psnr']:.2f} dB, SSIM {rec['ssim']:.3f}, NMSE "
+              f"{rec['nmse']:.4f} ({others})")
     if r["data_consistency"].get("warning"):
         print(f"sciprior reconstruct: warning: {r['data_consistency']['warning']}", file=sys.stderr)
     for f in out.files:

@@ -48,6 +48,9 @@ def build_report(job, problem: Problem, context: Context, result, baseline: Tens
         if result.samples.shape[1] > 1:
             metrics["samples_psnr"] = [adapter.metrics(result.samples[:, s], ref)["psnr"]
                                        for s in range(result.samples.shape[1])]
+    extra = adapter.extra_metrics(mean, context)
+    if extra:
+        metrics = {**(metrics or {}), **extra}
     dc = {"definition": "||A x - y|| / ||y|| over the measured data (the noise model's weighted-least-squares data, "
                         "e.g. post-log line integrals for photon counts), A x and y including the intensity offset",
           "reconstruction": finite_float(data_consistency(problem, mean)[0])}

@@ -21,15 +21,18 @@ from sciprior.solvers import BASELINES
 def resolve_checkpoint(spec: str, key: str = "prior.checkpoint") -> Path:
     """A checkpoint path from ``spec``: a directory / .safetensors file or ``builtin:NAME``."""
     if spec.startswith("builtin:"):
-        name = spec[len("builtin:"):]
-        shipped = [n for n in modalities.names() if modalities.get(n).prior is not None]
-        if name not in shipped:
-            raise ConfigError(f"{key}: unknown builtin prior {spec!r}; choose from "
-                              f"{', '.join('builtin:' + n for n in shipped)}")
-        path = Path(modalities.get(name).prior)
+        name, _, variant = spec[len("builtin:"):].partition("/")
+        shipped = {f"builtin:{n}": modalities.get(n).prior for n in modalities.names()
+                   if modalities.get(n).prior is not None}
+        for n in modalities.names():
+            shipped.update({f"builtin:{n}/{v}": p for v, p in modalities.get(n).prior_variants.items()})
+        if spec not in shipped:
+            raise ConfigError(f"{key}: unknown builtin prior {spec!r}; choose from {', '.join(sorted(shipped))}")
+        path = Path(shipped[spec])
         if not (path / "model.safetensors").is_file():
+            recipe = f"configs/{name}/train{'_' + variant if variant else ''}.yaml"
             raise ConfigError(f"{key}: prior {spec} not found at {path}; train it with "
-                              f"`sciprior train configs/{name}/train.yaml` (and export it there), or set "
+                              f"`sciprior train {recipe}` (and export it there), or set "
                               f"{key} to a checkpoint directory")
         return path
     path = Path(os.path.expanduser(spec))

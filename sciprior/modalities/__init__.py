@@ -38,6 +38,7 @@ class Modality:
         samples: ``sample:NAME`` inputs: name -> function returning the path(s) of data shipped by an installed
             package (nothing is downloaded).
         prior: directory of the shipped prior (``builtin:<name>``), or None.
+        prior_variants: directories of further shipped priors by variant name (``builtin:<name>/<variant>``).
         examples: module with the adjoint-test examples of the modality's operators (imported by the tests).
         description: one line for ``sciprior info``.
         legacy_class_paths: ``class_path`` spellings of old configs that mean this modality's adapter.
@@ -48,6 +49,7 @@ class Modality:
     readers: Mapping[str, type] = field(default_factory=dict)
     samples: Mapping[str, Callable[[], Any]] = field(default_factory=dict)
     prior: Path | None = None
+    prior_variants: Mapping[str, Path] = field(default_factory=dict)
     examples: str | None = None
     description: str = ""
     legacy_class_paths: tuple[str, ...] = ()

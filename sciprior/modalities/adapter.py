@@ -221,6 +221,11 @@ class ModalityAdapter:
         out["ssim"] = finite_float(ssim(x, ref, rng, win_size=win)[0]) if win >= 3 else None
         return out
 
+    def extra_metrics(self, mean: Tensor, context: Context) -> dict[str, Any] | None:
+        """Metrics in the modality's own conventions, added to report.json ``metrics`` (e.g. fastMRI's on the
+        magnitude volume against the file's reference); None (the default) for none."""
+        return None
+
     def metrics_domain(self, context: Context) -> dict[str, Any]:
         """How the metrics were computed (report.json ``metrics.domain``)."""
         return {"description": f"prior-normalised domain: {context.intensity.description}",

@@ -32,13 +32,19 @@ from sciprior.app.reconstruct import ConfigError, Job, parse_config, run, valida
 PER_ITEM_KEYS = ("input", "output_dir", "seed", "device", "progress")
 
 
-def _flat_metrics(report: Mapping[str, Any]) -> dict[str, Any]:
+def _scalars(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The scalar leaves of nested mappings, keys joined by ``_`` (``fastmri_reconstruction_psnr``)."""
     out: dict[str, Any] = {}
-    for k, v in (report.get("metrics") or {}).items():
+    for k, v in d.items():
         if isinstance(v, (int, float, str, bool)):
-            out[k] = v
+            out[f"{prefix}{k}"] = v
         elif isinstance(v, Mapping):
-            out.update({f"{k}_{kk}": vv for kk, vv in v.items() if isinstance(vv, (int, float, str, bool))})
+            out.update(_scalars(v, f"{prefix}{k}_"))
+    return out
+
+
+def _flat_metrics(report: Mapping[str, Any]) -> dict[str, Any]:
+    out = _scalars(report.get("metrics") or {})
     for key in ("nfe", "data_consistency", "solver"):
         if isinstance(report.get(key), (int, float, str)):
             out[key] = report[key]

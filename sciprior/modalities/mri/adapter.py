@@ -5,13 +5,14 @@ Image model and prior domain (``image_model``):
 - ``"magnitude"`` (1-channel prior, as trained with the ``slices`` reader, or the ``kspace`` reader with
   ``output: magnitude``): the image is real. Image inputs map the volume's
   ``percentiles`` (default 0.5 and 99.5) to [-1, 1]; k-space inputs map ``|m| / s`` (``s`` the
-  ``scale_percentile`` percentile of the zero-filled SENSE magnitude) from [0, 1] to [-1, 1]. The
+  ``scale_percentile`` percentile of the foreground of a CG-SENSE magnitude,
+  :mod:`~sciprior.modalities.mri.intensity`) from [0, 1] to [-1, 1]. The
   object the scanner sees is ``u = (x + 1) / 2``; the SENSE operator (complex images) is composed with
   :class:`~sciprior.physics.generic.RealToComplex` (zero imaginary part), so the problem's operator is
   ``0.5 * SENSE @ RealToComplex`` and its data ``y - SENSE(0.5 * 1)``.
 - ``"complex"`` (2-channel prior, the ``kspace`` reader with ``output: complex``): ``x = m / s`` as (real, imag)
-  channels with ``s`` the ``scale_percentile`` percentile of the magnitude; the SENSE operator acts
-  on ``x`` directly.
+  channels with ``s`` the ``scale_percentile`` percentile of the magnitude (k-space inputs: of the foreground of
+  the CG-SENSE magnitude, as above); the SENSE operator acts on ``x`` directly.
 
 Measurements. An image input is measured with ``num_coils`` simulated birdcage coils
 (:func:`~sciprior.modalities.mri.coils.birdcage_maps`; one coil = single-coil Fourier sampling), a
@@ -55,11 +56,14 @@ from sciprior.modalities.adapter import (
     window_map,
     write_stack_nifti,
 )
-from sciprior.modalities.mri.coils import birdcage_maps, fit_kernel_width, full_adjoint, lowres_phase
-from sciprior.modalities.mri.fastmri import center_crop, read_fastmri, write_fastmri
+from sciprior.modalities.mri.coils import birdcage_maps, fit_kernel_width, full_adjoint, lowres_phase, rss
+from sciprior.modalities.mri.evaluate import fastmri_metrics
+from sciprior.modalities.mri.fastmri import center_crop, parse_ismrmrd_header, read_fastmri, write_fastmri
+from sciprior.modalities.mri.fourier import crop_readout, ifft2c
+from sciprior.modalities.mri.intensity import SCALE_PERCENTILE, foreground_scale
 from sciprior.modalities.mri.masks import calibration_shape, column_mask, poisson_disc_mask
 from sciprior.modalities.mri.operator import MultiCoilMRI, as_mask_2d
-from sciprior.modalities.mri.recon import estimate_noise_sigma, problem_from_kspace, simulate_kspace
+from sciprior.modalities.mri.recon import cg_sense, estimate_noise_sigma, problem_from_kspace, simulate_kspace
 from sciprior.physics.generic import RealToComplex
 from sciprior.physics.noise import Gaussian
 from sciprior.physics.operator import LinearOperator
@@ -67,6 +71,11 @@ from sciprior.physics.problem import Problem
 from sciprior.ranges import FiniteFloat, ImageSize, NonNegativeFloat, PositiveFloat, PositiveInt, UnitInterval, checked
 
 MaskType = Literal["random", "equispaced", "equispaced_fraction", "poisson"]
+
+#: CG-SENSE iterations of the estimate the intensity scale of measured k-space is read from
+SCALE_CG_ITERS = 10
+#: CG-SENSE iterations of the baseline in the fastMRI metrics of the report (early-stopped least squares)
+CG_SENSE_ITERS = 10
 
 
 def open_hdf5(path: Path, key: str = "input") -> h5py.File:
@@ -110,9 +119,18 @@ class MRIAdapter(ModalityAdapter):
         slices: ``"middle"``, a slice index, ``"all"`` or a ``[start, stop)`` range of axial slices
             (NIfTI/DICOM) or fastMRI slices; a range or ``"all"`` gives a 3D problem.
         percentiles: (low, high) percentiles of the volume mapped to [-1, 1] (magnitude, image inputs).
-        scale_percentile: percentile of the magnitude that becomes 1 (complex model, k-space inputs).
+        scale_percentile: percentile that becomes 1: of ``|image|`` (complex model, image inputs), of the
+            foreground of the CG-SENSE magnitude (k-space inputs, both models; see
+            :mod:`~sciprior.modalities.mri.intensity`).
         use_file_mask: use the ``mask`` stored in a fastMRI file (else undersample retrospectively).
-        espirit_kernel, espirit_threshold, espirit_crop: ESPIRiT settings for k-space inputs.
+        crop_readout: reconstruct only the header's reconSpace rows of an oversampled readout (fastMRI's
+            640 -> 320), as fastMRI crops it; column masks only (the readout must be fully sampled).
+        espirit_kernel, espirit_threshold, espirit_crop: ESPIRiT settings for k-space inputs. ``espirit_crop``
+            zeroes the maps where the top eigenvalue is below it (ESPIRiT's support estimate, BART's 0.95; 0: off).
+            The background is then in the operator's null space: a whole-slice prior keeps it empty (the 64 x 64
+            demo prior: 28.1 dB with 0.95, 24.2 with 0 on an own 64 x 64 file), a patch prior fills it with tissue
+            (5.2 dB instead of 34.3 on sample:mni152_kspace), so patch priors need 0 (configs/mri/own_kspace.yaml):
+            unit-norm maps over the whole field of view, where the measured noise says the signal is 0.
         sim_seed: seed of the simulated mask and noise.
     """
 
@@ -127,7 +145,8 @@ class MRIAdapter(ModalityAdapter):
                  sigma: NonNegativeFloat | None = 0.005, image_model: Literal["magnitude", "complex"] = "magnitude",
                  image_size: ImageSize | tuple[ImageSize, ImageSize] | None = None, pad_to_square: bool = True,
                  slices: Slices = "middle", percentiles: tuple[FiniteFloat, FiniteFloat] = (0.5, 99.5),
-                 scale_percentile: PositiveFloat = 99.0, use_file_mask: bool = True,
+                 scale_percentile: PositiveFloat = SCALE_PERCENTILE, use_file_mask: bool = True,
+                 crop_readout: bool = True,
                  espirit_kernel: PositiveInt = 6, espirit_threshold: NonNegativeFloat = 0.02,
                  espirit_crop: UnitInterval = 0.95, sim_seed: int = 0):
         super().__init__()
@@ -151,7 +170,7 @@ class MRIAdapter(ModalityAdapter):
         self.image_model = image_model
         self.image_size, self.pad_to_square, self.slices = image_size, bool(pad_to_square), slices
         self.percentiles, self.scale_percentile = (lo, hi), float(scale_percentile)
-        self.use_file_mask = bool(use_file_mask)
+        self.use_file_mask, self.crop_readout = bool(use_file_mask), bool(crop_readout)
         self.espirit = {"kernel_width": int(espirit_kernel), "thresh": float(espirit_threshold),
                         "crop": float(espirit_crop)}
         self.sim_seed = int(sim_seed)
@@ -183,6 +202,7 @@ class MRIAdapter(ModalityAdapter):
                 raise InputError(f"input: {str(paths[0])!r}: 'kspace' must be (slices, coils, H, W) or (slices, H, W), "
                                  f"got shape {tuple(shape)}")
             n, (h, w) = int(shape[0]), (int(shape[-2]), int(shape[-1]))
+            h = self._readout_rows(paths[0], h, w)
             self._check_kspace_size((h, w), paths[0])
             d = planned_depth(n, self.slices, key("slices"))
             check_allocation((d or 1) * int(np.prod(shape[1:])) * 8,
@@ -193,6 +213,25 @@ class MRIAdapter(ModalityAdapter):
             h, w = target_size(self.image_size, (y, x))
         d = planned_depth(n, self.slices, key("slices"))
         return (self.channels, h, w) if d is None else (self.channels, d, h, w)
+
+    def _readout_rows(self, path: Path, h: int, w: int) -> int:
+        """The k-space rows the reconstruction keeps: the header's reconSpace rows when the readout is oversampled,
+        ``crop_readout`` is on and the mask samples whole columns (from the file's index, header and mask only)."""
+        if not self.crop_readout:
+            return h
+        with open_hdf5(path) as f:
+            if "ismrmrd_header" not in f:
+                return h
+            try:
+                rh = int(parse_ismrmrd_header(f["ismrmrd_header"][()], where=f"{path}: ismrmrd_header").recon_size[0])
+            except ValueError as e:
+                raise InputError(f"input: {e}") from None
+            if self.use_file_mask and "mask" in f:
+                m = np.asarray(f["mask"][()])
+                columns = m.ndim == 1 or (m.ndim == 2 and bool((m == m[:1]).all()))
+            else:
+                columns = self.mask_type != "poisson"
+        return rh if columns and 0 < rh < h else h
 
     def _check_kspace_size(self, size: tuple[int, int], path: Path) -> None:
         if self.image_size is None:
@@ -297,14 +336,33 @@ class MRIAdapter(ModalityAdapter):
         start, stop, stack = select_slices(self.slices, n, key("slices"), "a file with {n} slices")
         vol = read_fastmri(path, slices=list(range(start, stop)))
         k = vol.kspace  # (S, C, H, W) complex64
-        s_, c, h, w = k.shape
+        s_, c, h0, w = k.shape
+        file_mask = vol.mask is not None and self.use_file_mask
+        retrospective = not file_mask
+        sigma_file = None
+        if self.sigma is None:
+            # before any crop: the corners of the whole (oversampled) acquisition hold the most noise samples
+            try:
+                sigma_file = estimate_noise_sigma(k, as_mask_2d(vol.mask, (h0, w), who=f"{path}: mask")
+                                                  if file_mask else None)
+            except ValueError as e:
+                raise InputError(f"{key('sigma')}: cannot estimate the noise of {str(path)!r} ({e}); "
+                                 "set sigma explicitly") from e
+        rh, rw = (int(v) for v in vol.header.recon_size[:2])
+        if file_mask:  # a column mask: (W,), or (H, W) with equal rows
+            columns = vol.mask.dim() == 1 or bool((vol.mask == vol.mask[:1]).all())
+        else:
+            columns = self.mask_type != "poisson"
+        cropped = bool(self.crop_readout and columns and 0 < rh < h0)
+        if cropped:  # fastMRI's 2x oversampled readout: reconstruct the reconSpace rows only
+            k = crop_readout(k, rh)
+        h = k.shape[-2]
         self._check_kspace_size((h, w), path)
-        if vol.mask is not None and self.use_file_mask:
-            mask2 = as_mask_2d(vol.mask, (h, w), who=f"{path}: mask")
-            retrospective = False
+        if file_mask:
+            m = vol.mask if vol.mask.dim() == 1 else vol.mask[0]
+            mask2 = as_mask_2d(m if cropped else vol.mask, (h, w), who=f"{path}: mask")
         else:
             mask2 = as_mask_2d(self.make_mask((h, w)), (h, w))
-            retrospective = True
         k_meas = k * mask2.to(torch.float32)
         calib = calibration_shape(mask2.expand(h, w))
         espirit = dict(self.espirit)
@@ -323,29 +381,20 @@ class MRIAdapter(ModalityAdapter):
                 base = MultiCoilMRI(base.maps * phase, mask2)
             bases.append(base.to(self.device))
         k_meas = k_meas.to(self.device)
-        zf = torch.cat([b.adjoint(k_meas[i:i + 1]) for i, b in enumerate(bases)])  # (S, 2, H, W), file units
-        mag = zf.square().sum(1).sqrt()
-        scale = float(torch.quantile(mag.flatten().double().cpu(), self.scale_percentile / 100.0))
+        # the intensity scale: the foreground percentile of a CG-SENSE estimate (as the training slices were
+        # normalised; the zero-filled image would under-read it by the energy the mask drops), in file units
+        est = torch.cat([cg_sense(b, k_meas[i:i + 1], iters=SCALE_CG_ITERS) for i, b in enumerate(bases)])
+        scale = foreground_scale(est.square().sum(1).sqrt(), self.scale_percentile)
         if scale <= 0:
-            raise InputError(f"input: {str(path)!r}: the zero-filled image is zero (empty k-space?)")
-        if self.sigma is None:
-            # retrospective undersampling: the whole acquisition is in the file, its corners give the noise
-            try:
-                sigma_file = estimate_noise_sigma(k, None if retrospective else mask2)
-            except ValueError as e:
-                raise InputError(f"{key('sigma')}: cannot estimate the noise of {str(path)!r} ({e}); "
-                                 "set sigma explicitly") from e
-            sigma = sigma_file / scale
-        else:
-            sigma = self.sigma
+            raise InputError(f"input: {str(path)!r}: the CG-SENSE image is zero (empty k-space?)")
+        sigma = sigma_file / scale if sigma_file is not None else self.sigma
         y_u = k_meas / scale  # k-space of u
+        how = (f"{self.scale_percentile:g}th percentile of the foreground of the CG-SENSE magnitude "
+               f"({SCALE_CG_ITERS} iterations; {scale:g} in file units)")
         if self.image_model == "magnitude":
-            imap = IntensityMap(scale / 2.0, scale / 2.0, "a.u.",
-                                f"MR magnitude / {self.scale_percentile} percentile of the zero-filled magnitude "
-                                f"({scale:g}), [0, 1] -> [-1, 1]")
+            imap = IntensityMap(scale / 2.0, scale / 2.0, "a.u.", f"MR magnitude / {how}, [0, 1] -> [-1, 1]")
         else:
-            imap = IntensityMap(scale, 0.0, "a.u.", f"MR complex image / {self.scale_percentile} percentile of "
-                                f"the zero-filled magnitude ({scale:g}), as (real, imag)")
+            imap = IntensityMap(scale, 0.0, "a.u.", f"MR complex image / {how}, as (real, imag)")
         ops2d = [self._image_operator(b, (h, w)) for b in bases]
         beta = self._offset_image((h, w))
         offsets = torch.cat([b(beta) for b in bases]) if beta is not None else None  # (S, C, H, W)
@@ -353,10 +402,13 @@ class MRIAdapter(ModalityAdapter):
         ref = None
         if retrospective:
             full = torch.cat([full_adjoint(b, k[i:i + 1].to(self.device)) / scale for i, b in enumerate(bases)])
-            if self.image_model == "magnitude":
-                ref = 2.0 * full.square().sum(1, keepdim=True).sqrt() - 1.0
-            else:
-                ref = full
+            ref = (2.0 * full.square().sum(1, keepdim=True).sqrt() - 1.0 if self.image_model == "magnitude"
+                   else full).to(self.dtype)
+        elif vol.reconstruction is not None and tuple(vol.reconstruction.shape[-2:]) == (h, w):
+            # the file's reference (e.g. fastMRI's reconstruction_rss of the fully sampled scan) at this grid; a
+            # magnitude, so the complex model gets it as a real image (it is scored on the magnitude)
+            u = vol.reconstruction[:, None].to(self.device) / scale
+            ref = (2.0 * u - 1.0 if self.image_model == "magnitude" else torch.cat((u, torch.zeros_like(u)), 1))
             ref = ref.to(self.dtype)
         op, y_prior, ref, offsets = stack_problem(ops2d, y_prior, ref, offsets, s_, stack)
         shape = (self.channels, s_, h, w) if stack else (self.channels, h, w)
@@ -366,14 +418,52 @@ class MRIAdapter(ModalityAdapter):
         accel = h * w / float(mask2.expand(h, w).sum())
         ctx = Context(input, "hdf5", [path], imap, meta={
             "source": "fastmri", "file": str(path), "image_model": self.image_model,
-            "slices": [start, stop], "kspace_shape": [s_, c, h, w], "multicoil": vol.multicoil,
+            "slices": [start, stop], "kspace_shape": [s_, c, h0, w], "multicoil": vol.multicoil,
+            "readout_cropped_to": h if cropped else None,
             "mask": "file" if not retrospective else f"{self.mask_type} (retrospective)",
             "acceleration_actual": accel, "sigma": sigma, "simulated": False, "scale": scale,
             "calibration_shape": list(calib), "espirit_kernel": espirit["kernel_width"],
             "normalisation": imap.as_dict(),
-            "recon_size": list(vol.header.recon_size[:2]),
-        }, extra={"volume": vol, "mask": mask2, "measured": k_meas, "bases": bases, "stack": stack})
+            "recon_size": [rh, rw],
+        }, extra={"volume": vol, "mask": mask2, "measured": k_meas, "bases": bases, "stack": stack,
+                  "full": k if retrospective else None,
+                  # what the output file stores: the file's own k-space (all readout rows) under this mask
+                  "written_kspace": vol.kspace * (as_mask_2d(mask2[0], (h0, w)) if cropped else mask2).float()})
         return problem, ctx
+
+    def extra_metrics(self, mean: Tensor, context: Context) -> dict[str, Any] | None:
+        """fastMRI's NMSE / PSNR / SSIM (:func:`~sciprior.modalities.mri.evaluate.fastmri_metrics`) of the
+        reconstruction, zero-filled RSS and CG-SENSE magnitudes in the file's units, centre-cropped to the reconSpace
+        size, against the file's ``reconstruction_rss``/``_esc`` when it has one, else the RSS of the fully sampled
+        k-space (retrospective masks); None for image inputs or files without a reference."""
+        if "volume" not in context.extra:
+            return None
+        vol, full = context.extra["volume"], context.extra["full"]
+        h, w = context.extra["measured"].shape[-2:]
+        rh, rw = context.meta["recon_size"]
+        if vol.reconstruction is not None:
+            target, source = vol.reconstruction.double(), f"{vol.reconstruction_key} in the file"
+        elif full is not None:
+            target, source = rss(ifft2c(full), dim=1)[:, 0].double(), "RSS of the fully sampled k-space"
+        else:
+            return None
+        crop = (min(rh, h, target.shape[-2]) if rh > 0 else h, min(rw, w, target.shape[-1]) if rw > 0 else w)
+
+        def scored(x: Tensor) -> dict[str, float]:  # (S, H, W) magnitude -> the metrics on the crop
+            return fastmri_metrics(center_crop(target, crop), center_crop(x.detach().cpu().double(), crop))
+
+        meas, bases = context.extra["measured"], context.extra["bases"]
+        rec = self.to_physical(mean, context)[0, 0]  # ([D,] H, W)
+        rec = rec if rec.dim() == 3 else rec[None]
+        cg = torch.cat([cg_sense(b, meas[i:i + 1], iters=CG_SENSE_ITERS) for i, b in enumerate(bases)])
+        return {"fastmri": {
+            "definition": "fastMRI evaluate.py: magnitude volumes in the file's units, centre-cropped to "
+                          f"{list(crop)}; data range = max of the target volume; SSIM per slice (7 x 7), averaged",
+            "target": source, "crop": list(crop),
+            "reconstruction": scored(rec),
+            "zero_filled_rss": scored(rss(ifft2c(meas), dim=1)[:, 0]),
+            f"cg_sense_{CG_SENSE_ITERS}": scored(cg.square().sum(1).sqrt()),
+        }}
 
     # -- baseline, physical units, output ----------------------------------------------------------
     def zero_filled_complex(self, context: Context) -> Tensor:
@@ -423,10 +513,10 @@ class MRIAdapter(ModalityAdapter):
             return center_crop(a[None] if a.dim() == 2 else a, crop).numpy().astype(np.float32)
 
         rec = cropped(mean)
-        kspace = context.extra["measured"].detach().cpu()
+        kspace = context.extra["written_kspace"].detach().cpu()
         kspace = kspace if vol.multicoil else kspace[:, 0]
         mask = context.extra["mask"].cpu().numpy()
-        mask = mask[0] if mask.shape[0] == 1 else mask
+        mask = mask[0] if mask.shape[0] == 1 or context.meta["readout_cropped_to"] else mask
         attrs = {k: v for k, v in vol.attrs.items() if isinstance(v, (str, int, float, bool, np.generic))}
         attrs.update({"max": float(rec.max()), "norm": float(np.linalg.norm(rec)),
                       "acceleration": float(context.meta["acceleration_actual"]),
@@ -457,12 +547,16 @@ class MRIAdapter(ModalityAdapter):
         if msg or trained is None:
             return msg
         p = trained.args.get("percentiles")
-        if trained.reader == "slices" and p is not None:
+        per_slice = trained.args.get("scale") == "slice"  # the map of measured k-space: percentiles play no part
+        if trained.reader == "slices" and p is not None and not per_slice:
             p = tuple(float(v) for v in p)
             if any(abs(a - b) > 1e-9 for a, b in zip(p, self.percentiles)):
                 return (f"{key('percentiles')}={list(self.percentiles)} but the prior was trained with percentiles "
                         f"{list(p)}; set percentiles to {list(p)}")
-        out = "magnitude" if trained.reader == "slices" else trained.args.get("output")
+        if per_slice and float(trained.args.get("scale_percentile", SCALE_PERCENTILE)) != self.scale_percentile:
+            return (f"{key('scale_percentile')}={self.scale_percentile:g} but the prior was trained with "
+                    f"scale_percentile {trained.args.get('scale_percentile')}; set it to that")
+        out = trained.args.get("output", "magnitude" if trained.reader == "slices" else None)
         if out in ("magnitude", "complex") and out != self.image_model:
             return (f"{key('image_model')}={self.image_model!r} but the prior was trained on {out} images; set "
                     f"image_model: {out}")

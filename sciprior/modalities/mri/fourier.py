@@ -25,6 +25,22 @@ def ifft2c(k: Tensor) -> Tensor:
     return torch.fft.fftshift(torch.fft.ifft2(torch.fft.ifftshift(k, dim=_DIMS), norm="ortho"), dim=_DIMS)
 
 
+def crop_readout(k: Tensor, rows: int) -> Tensor:
+    """k-space ``(..., H, W)`` of the image centre-cropped to ``rows`` along the readout (first image) axis, as
+    fastMRI crops its 2x oversampled readout (640 -> 320 rows) to the reconSpace: centred inverse FFT along H, centre
+    crop (fastMRI's offset ``(H - rows) // 2``), centred FFT. Exact for data whose readout is fully sampled in
+    every measured column (Cartesian column masks); both FFTs are unitary, so white noise keeps its level."""
+    h = k.shape[-2]
+    if not 0 < rows <= h:
+        raise ValueError(f"crop_readout: cannot crop {h} readout rows to {rows}")
+    if rows == h:
+        return k
+    img = torch.fft.fftshift(torch.fft.ifft(torch.fft.ifftshift(k, dim=-2), dim=-2, norm="ortho"), dim=-2)
+    y0 = (h - rows) // 2
+    img = img[..., y0:y0 + rows, :]
+    return torch.fft.fftshift(torch.fft.fft(torch.fft.ifftshift(img, dim=-2), dim=-2, norm="ortho"), dim=-2)
+
+
 def complex_dtype_for(dtype: torch.dtype) -> torch.dtype:
     """The complex dtype matching a real one (float64 -> complex128, else complex64)."""
     return torch.complex128 if dtype == torch.float64 else torch.complex64
