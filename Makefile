@@ -2,7 +2,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup setup-bench test test-slow test-cpu-variants lint demo train-priors bench-priors bench-training bench-reconstruction \
+.PHONY: setup setup-bench test test-slow test-cpu-variants lint demo train-priors train-mri-native train-mri-native-complex bench-priors bench-training \
+	bench-reconstruction bench-reconstruction-native \
 	bench-gmm bench-operators
 
 setup:
@@ -50,6 +51,20 @@ train-priors: setup
 	for m in ct mri; do cp runs/$$m''_prior/export/config.yaml runs/$$m''_prior/export/model.safetensors \
 		sciprior/modalities/$$m/prior/; done
 
+# the 1 mm MRI patch prior of configs/mri/own_kspace.yaml (builtin:mri/native): ~30 min on 2 idle cores with bf16
+train-mri-native: setup
+	OMP_NUM_THREADS=2 $(VENV)/bin/sciprior train configs/mri/train_native.yaml --export.dirpath runs/mri_native_prior/export
+	mkdir -p sciprior/modalities/mri/prior_native
+	cp runs/mri_native_prior/export/config.yaml runs/mri_native_prior/export/model.safetensors sciprior/modalities/mri/prior_native/
+
+# its complex (2-channel) twin, builtin:mri/native_complex (same cost)
+train-mri-native-complex: setup
+	OMP_NUM_THREADS=2 $(VENV)/bin/sciprior train configs/mri/train_native_complex.yaml \
+		--export.dirpath runs/mri_native_complex_prior/export
+	mkdir -p sciprior/modalities/mri/prior_native_complex
+	cp runs/mri_native_complex_prior/export/config.yaml runs/mri_native_complex_prior/export/model.safetensors \
+		sciprior/modalities/mri/prior_native_complex/
+
 bench-priors: setup
 	OMP_NUM_THREADS=1 $(PY) benchmarks/prior_quality.py --prior all --out docs
 
@@ -62,6 +77,17 @@ bench-reconstruction: setup-bench
 	OMP_NUM_THREADS=1 .venv-bench/bin/python benchmarks/reconstruction.py --tasks mri --json docs/benchmarks/reconstruction_mri.json --no-write & \
 	wait
 	.venv-bench/bin/python benchmarks/reconstruction.py --render docs/benchmarks/reconstruction_ct.json docs/benchmarks/reconstruction_mri.json
+
+# the native-resolution MRI tasks alone (~10 min each, in parallel on the 2 cores), then the table of every task from the
+# stored JSON results
+bench-reconstruction-native: setup-bench
+	for t in mri-native-4x mri-native-8x; do \
+		OMP_NUM_THREADS=1 .venv-bench/bin/python benchmarks/reconstruction.py --tasks $$t --problems 3 \
+			--json docs/benchmarks/reconstruction_$$t.json --no-write & \
+	done; wait
+	.venv-bench/bin/python benchmarks/reconstruction.py --render docs/benchmarks/reconstruction_ct.json \
+		docs/benchmarks/reconstruction_mri.json docs/benchmarks/reconstruction_mri-native-4x.json \
+		docs/benchmarks/reconstruction_mri-native-8x.json
 
 bench-operators: setup-bench
 	.venv-bench/bin/python benchmarks/operators.py --threads 1 2 --omp-wait-policy PASSIVE --json docs/benchmarks/operators.json

@@ -6,7 +6,9 @@ fastMRI-layout HDF5 I/O: :mod:`~sciprior.modalities.mri.fastmri`; the MNI152 sam
 :mod:`~sciprior.modalities.mri.samples`;
 the adapter (``modality: {name: mri}``): :mod:`~sciprior.modalities.mri.adapter`; the training readers
 (``data: {modality: mri, reader: {name: slices | kspace}}``): :mod:`~sciprior.modalities.mri.data`;
-``prior/``: the shipped prior (``builtin:mri``), trained by ``sciprior train configs/mri/train.yaml``.
+``prior/``: the shipped demo prior (``builtin:mri``, 64 x 64 whole slices at 3.6 mm), trained by ``sciprior train
+configs/mri/train.yaml``; ``prior_native/``: the 1 mm patch prior for scans at their own resolution
+(``builtin:mri/native``), trained by ``sciprior train configs/mri/train_native.yaml``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ MODALITY = Modality(
     readers={"slices": MRSlices, "kspace": KSpaceSlices},
     samples=SAMPLES,
     prior=Path(__file__).parent / "prior",
+    prior_variants={"native": Path(__file__).parent / "prior_native",
+                    "native_complex": Path(__file__).parent / "prior_native_complex"},
     examples="sciprior.modalities.mri.examples",
     description="Cartesian multi-coil MRI: simulated from images or measured fastMRI k-space",
     legacy_class_paths=("MRIAdapter", "sciprior.modalities.mri_adapter.MRIAdapter"),
