@@ -63,7 +63,8 @@ from sciprior.priors.networks import count_parameters  # noqa: E402
 from sciprior.priors.wrappers import PatchPrior  # noqa: E402
 
 #: the shipped priors, in the order of the doc
-PRIOR_NAMES: tuple[str, ...] = ("ct", "mri")
+#: a name ``MODALITY_VARIANT`` is the modality's further shipped prior ``builtin:MODALITY/VARIANT``
+PRIOR_NAMES: tuple[str, ...] = ("ct", "mri", "mri_native")
 #: noise levels of the denoising table, in prior units (the [-1, 1] image domain)
 SIGMAS: tuple[float, ...] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 #: PSNR data range: the width of the [-1, 1] domain
@@ -83,8 +84,17 @@ MAX_TRAIN_EXAMPLES = 4096
 
 
 def shipped_prior_dir(name: str) -> Path:
-    """The shipped prior of modality ``name`` (``sciprior/modalities/<name>/prior``; it may not exist yet)."""
-    return Path(modalities.get(name).prior)
+    """The shipped prior ``name`` (``sciprior/modalities/<name>/prior``, or for ``MODALITY_VARIANT`` the modality's
+    ``prior_variants[VARIANT]``; it may not exist yet)."""
+    modality, _, variant = name.partition("_")
+    m = modalities.get(modality)
+    return Path(m.prior_variants[variant] if variant else m.prior)
+
+
+def train_config(name: str) -> Path:
+    """``configs/<modality>/train.yaml`` or, for ``MODALITY_VARIANT``, ``configs/<modality>/train_<variant>.yaml``."""
+    modality, _, variant = name.partition("_")
+    return ROOT / "configs" / modality / (f"train_{variant}.yaml" if variant else "train.yaml")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,7 +137,7 @@ def data_section(cfg: dict[str, Any], name: str, config_path: str | os.PathLike 
         stored = ((cfg.get("metadata") or {}).get("train_config") or {}).get("data")
         if isinstance(stored, dict):
             return stored, "the training config stored in the checkpoint (metadata.train_config.data)"
-        config_path = ROOT / "configs" / name / "train.yaml"
+        config_path = train_config(name)
     path = Path(config_path)
     if not path.is_file():
         raise FileNotFoundError(f"prior_quality: no training config {str(path)!r} for prior {name!r}")
@@ -553,7 +563,10 @@ def render_section(r: dict[str, Any]) -> str:
     tr = r.get("training") or {}
     trained = modalities.trained_reader(dom)
     reader = trained.args if trained is not None else {}
-    if reader.get("window") is not None:
+    if reader.get("scale") == "slice":
+        norm = (f"each slice on its own: 2 |m| / s - 1, s the {reader.get('scale_percentile', 99)}th percentile of "
+                "the slice's foreground (the map of measured k-space)")
+    elif reader.get("window") is not None:
         norm = f"HU window {reader.get('window')} mapped to [-1, 1]" + (", clipped" if reader.get("clip") else "")
     elif reader.get("percentiles") is not None:
         norm = f"the volume's {reader.get('percentiles')} percentiles mapped to [-1, 1]"
@@ -664,8 +677,9 @@ def render_markdown(results: list[dict[str, Any]], missing: Sequence[str]) -> st
             parts.append(f"| {r['name']} | {st['set']} | {st['rows'][0]['n']} | {'yes' if ok else '**no**'} | "
                          f"{min(gains):+.2f} .. {max(gains):+.2f} |")
     for name in missing:
-        parts.append(f"| {name} | not evaluated yet (no `sciprior/modalities/{name}/prior` when last run: train "
-                     f"it with `sciprior train configs/{name}/train.yaml`, then rerun the command above) | | | |")
+        parts.append(f"| {name} | not evaluated yet (no `{shipped_prior_dir(name).relative_to(ROOT)}` when last run: "
+                     f"train it with `sciprior train {train_config(name).relative_to(ROOT)}`, then rerun the command "
+                     "above) | | | |")
     parts.append("")
     parts += [render_section(r) for r in results]
     return "\n".join(parts).rstrip() + "\n"
@@ -699,7 +713,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in [] if args.render_only else names:
         prior_dir = Path(args.checkpoint) if args.checkpoint else shipped_prior_dir(name)
         if not (prior_dir / "model.safetensors").is_file():
-            print(f"[{name}] no prior at {prior_dir} (train it: sciprior train configs/{name}/train.yaml)",
+            print(f"[{name}] no prior at {prior_dir} (train it: sciprior train {train_config(name).relative_to(ROOT)})",
                   file=sys.stderr)
             status = 1
             continue
