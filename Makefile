@@ -78,7 +78,7 @@ bench-reconstruction: setup-bench
 	wait
 	.venv-bench/bin/python benchmarks/reconstruction.py --render docs/benchmarks/reconstruction_ct.json docs/benchmarks/reconstruction_mri.json
 
-# the native-resolution MRI tasks alone (~10 min each, in parallel on the 2 cores), then the table of every task from the
+# the native-resolution MRI tasks alone (~20 min each, in parallel on the 2 cores), then the table of every task from the
 # stored JSON results
 bench-reconstruction-native: setup-bench
 	for t in mri-native-4x mri-native-8x; do \
