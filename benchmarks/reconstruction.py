@@ -129,8 +129,9 @@ FULL_TUNED = {"ct": [], "mri": ["dds:50+tuned", "dps:500+tuned", "dds:50x4+tuned
                                 "reddiff:100+tuned", "daps:100+tuned"]}
 QUICK_METHODS = ["baseline", "cgls", "tv", "dds:20", "dps:50", "diffpir:20", "deepinv-dps:20",
                  "deepinv-diffpir:20"]
-#: the native MRI tasks: a 256 x 256 slice costs 25 windows per denoiser call, so no DPS / many-sample rows
-NATIVE_METHODS = ["baseline", "cgsense", "cgls", "tv", "dds:50", "dds:50+tuned", "deepinv-diffpir:100", "dds:50x4+tuned"]
+#: the native MRI tasks: a 256 x 256 slice costs 25 windows per denoiser call, so no DPS rows
+NATIVE_METHODS = ["baseline", "cgsense", "cgls", "tv", "dds:50", "dds:50+tuned", "deepinv-diffpir:100",
+                  "dds:50x4+tuned"]
 QUICK_NATIVE = ["baseline", "cgsense", "tv", "dds:20", "deepinv-diffpir:20"]
 BASELINES = ("baseline", "cgls", "cgsense", "tv")
 SOLVERS = ("dps", "dds", "diffpir", "reddiff", "daps", "pigdm", "ddnm", "pnpdm")
