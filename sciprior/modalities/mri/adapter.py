@@ -349,13 +349,10 @@ class MRIAdapter(ModalityAdapter):
                 raise InputError(f"{key('sigma')}: cannot estimate the noise of {str(path)!r} ({e}); "
                                  "set sigma explicitly") from e
         rh, rw = (int(v) for v in vol.header.recon_size[:2])
-        if file_mask:  # a column mask: (W,), or (H, W) with equal rows
-            columns = vol.mask.dim() == 1 or bool((vol.mask == vol.mask[:1]).all())
-        else:
-            columns = self.mask_type != "poisson"
-        cropped = bool(self.crop_readout and columns and 0 < rh < h0)
+        keep = self._readout_rows(path, h0, w)  # the same decision as image_shape's
+        cropped = keep < h0
         if cropped:  # fastMRI's 2x oversampled readout: reconstruct the reconSpace rows only
-            k = crop_readout(k, rh)
+            k = crop_readout(k, keep)
         h = k.shape[-2]
         self._check_kspace_size((h, w), path)
         if file_mask:

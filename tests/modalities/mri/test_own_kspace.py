@@ -16,28 +16,12 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from own_kspace_files import fft2c, surface_coils
 
 from sciprior.app.reconstruct import main
 from sciprior.modalities.mri.adapter import MRIAdapter
 from sciprior.modalities.mri.coils import MIN_ROWS_PER_COLUMN, espirit_maps, fit_kernel_width, full_adjoint
 from sciprior.modalities.mri.operator import MultiCoilMRI, as_mask_2d
-
-
-def _fft2c(x: np.ndarray) -> np.ndarray:
-    return np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(x, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
-
-
-def _coils(n: int, h: int, w: int) -> np.ndarray:
-    """Gaussian-profile surface coils on a ring, each with its own linear phase (not sciprior's birdcage)."""
-    yy, xx = np.mgrid[0:h, 0:w]
-    yy, xx = (yy - h / 2) / h, (xx - w / 2) / w
-    maps = []
-    for c in range(n):
-        t = 2 * np.pi * c / n
-        mag = np.exp(-((yy - 0.7 * np.sin(t)) ** 2 + (xx - 0.7 * np.cos(t)) ** 2) / 0.35)
-        maps.append(mag * np.exp(1j * (2.0 * xx * np.cos(t) + 1.5 * yy * np.sin(t) + t)))
-    m = np.stack(maps)
-    return m / np.sqrt((np.abs(m) ** 2).sum(0)).max()
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +33,7 @@ def mni_slice() -> np.ndarray:
 def write_own_file(path, image: np.ndarray, coils: int = 8, scale: float = 1.0, noise: float = 0.002) -> None:
     h, w = image.shape
     phase = np.exp(1j * 0.3 * np.sin(np.linspace(0, 3, h)))[:, None]  # a smooth object phase
-    k = _fft2c(_coils(coils, h, w) * (image * phase)[None])
+    k = fft2c(surface_coils(coils, h, w) * (image * phase)[None])
     rng = np.random.default_rng(0)
     k = (k + noise * (rng.standard_normal(k.shape) + 1j * rng.standard_normal(k.shape))) * scale
     with h5py.File(path, "w") as f:
